@@ -1,0 +1,100 @@
+"""Loading the models an analysis looks at: a run directory's final (and initial) weights, the run's
+language model pretrained or from scratch, another lm2vision run, or a Hugging Face vision model."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import Lm2vError
+
+
+@dataclass
+class LoadedRun:
+    """A run directory's model (final weights, trainable flags as during the run) and config."""
+
+    path: Path
+    model: nn.Module
+    cfg: object  # lm2vision.train.config.RunConfig
+    init: dict[str, torch.Tensor] | None  # trainable weights at the start (init.safetensors)
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file as a dict (never pickle)."""
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise Lm2vError(f"weights file not found: {path}")
+    return load_file(str(path))
+
+
+def load_run(run: str | Path) -> LoadedRun:
+    """Rebuild a run's model with its final weights (``lm2vision.train.load_run_model``).
+
+    The parameters saved in ``init.safetensors`` are the ones the run trained; only they keep
+    ``requires_grad`` (so "trainable only" analyses see what the run trained).
+    """
+    from ..train import load_run_model
+
+    run = Path(run)
+    model, cfg = load_run_model(run)
+    init = read_tensors(run / "init.safetensors") if (run / "init.safetensors").is_file() else None
+    if init is not None:
+        names = dict(model.named_parameters())
+        unknown = [n for n in init if n not in names]
+        if unknown:
+            raise Lm2vError(f"{run}/init.safetensors names tensors the model lacks, e.g. {unknown[0]!r}")
+        for n, p in names.items():
+            p.requires_grad_(n in init)
+    model.eval()
+    return LoadedRun(run, model, cfg, init)
+
+
+def learnable_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Weights that are the model's own (out, in) layout: an lm2vision backbone's named groups (the
+    unused word table and switched-off position tables left out), all parameters otherwise."""
+    from .weights import model_weights
+
+    ws = model_weights(model, trainable_only=False)
+    if hasattr(model, "layer_groups"):
+        keep = {n for names in model.layer_groups().values() for n in names}
+        ws = {n: w for n, w in ws.items() if n in keep}
+    return ws
+
+
+def reference_backbone(model_cfg, pretrained: bool) -> nn.Module:
+    """The run's language model as a fresh backbone, pretrained or from scratch (same config)."""
+    from ..models import create_backbone
+
+    return create_backbone(dataclasses.replace(model_cfg, pretrained=pretrained)).eval()
+
+
+def load_compare_model(spec: str) -> tuple[str, nn.Module]:
+    """``--compare-model``: an lm2vision run directory, a language model (through ``create_backbone``;
+    append ``@scratch`` for a fresh init), or a Hugging Face vision model (``AutoModel``, e.g. a ViT)."""
+    from ..models import ARCH, ModelConfig, create_backbone, load_lm_config
+
+    if (Path(spec) / "config.yaml").is_file():
+        return f"run:{Path(spec).name}", load_run(spec).model
+    name, _, flag = spec.partition("@")
+    if flag not in ("", "scratch"):
+        raise Lm2vError(f"--compare-model {spec!r}: the only suffix is @scratch")
+    config = load_lm_config(name)
+    if config.model_type in ARCH:
+        return spec, create_backbone(ModelConfig(name=name, pretrained=flag != "scratch")).eval()
+    return spec, _hf_model(name, config, scratch=flag == "scratch")
+
+
+def _hf_model(name: str, config, scratch: bool) -> nn.Module:
+    """A non-language Hugging Face model (e.g. a ViT) through ``AutoModel``."""
+    from transformers import AutoModel
+
+    if scratch:
+        return AutoModel.from_config(config).eval()
+    try:
+        return AutoModel.from_pretrained(name, dtype=torch.float32).eval()
+    except (OSError, ValueError) as e:
+        raise Lm2vError(f"cannot load {name!r}: {str(e).splitlines()[0]}") from None

@@ -1,0 +1,268 @@
+"""``analyze_run``: every analysis on one run directory, written as ``report.html`` + ``report.md``;
+``compare_runs``: one table and overlaid curves across runs."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import Lm2vError
+from ..utils.io import atomic_write_json
+from .report import Section, Table, write_report
+
+PARTS = ("curves", "weights", "landscape", "features", "alignment")
+
+
+@dataclass
+class LandscapeConfig:
+    """The 2-D loss slice: directions random | filter | training, a grid x grid on [-range, range]^2."""
+
+    directions: str = "random"
+    grid: int = 11  # 21 as the paper's figure costs ~4x more
+    range: float = 1.0
+    samples: int = 64  # images (from the analysis sample) the loss is averaged over
+    batch_size: int = 64
+    chunk: int = 1  # > 1: grid points per vmap call (no faster on CPU; may help on GPU)
+    trainable_only: bool = True
+    seed: int = 0
+
+
+@dataclass
+class AnalyzeConfig:
+    """What ``lm2v analyze`` computes."""
+
+    skip: List[str] = field(default_factory=list)  # any of curves, weights, landscape, features, alignment
+    split: str = "test"  # test | val: where the fixed sample comes from
+    samples: int = 1000  # images for features (t-SNE, cluster numbers)
+    sample_seed: int = 0
+    batch_size: int = 128
+    threshold: float = 1.0  # the authors' outlier |w| > 1
+    z_k: float = 6.0  # scale-free outlier |w - mean| > k std
+    references: bool = True  # compare weights with the run's LM pretrained and from scratch
+    compare_models: List[str] = field(default_factory=list)
+    tsne_seed: int = 42
+    align_k: int = 10
+    align_images: int = 256
+    landscape: LandscapeConfig = field(default_factory=LandscapeConfig)
+    device: str = "cpu"
+    progress: bool = True
+
+
+def check_analyze_config(cfg: AnalyzeConfig) -> None:
+    """One-line errors for impossible settings."""
+    bad = [s for s in cfg.skip if s not in PARTS]
+    if bad:
+        raise Lm2vError(f"unknown part to skip {bad[0]!r}; parts: {', '.join(PARTS)}")
+    if cfg.split not in ("test", "val"):
+        raise Lm2vError(f"split must be test or val, got {cfg.split!r}")
+    if cfg.samples < 10 or cfg.landscape.samples < 1 or cfg.align_images < 1:
+        raise Lm2vError("samples must be >= 10 and landscape.samples, align_images >= 1")
+    from .landscape import DIRECTIONS
+
+    if cfg.landscape.directions not in DIRECTIONS:
+        raise Lm2vError(f"landscape.directions must be one of {DIRECTIONS}, got {cfg.landscape.directions!r}")
+    if cfg.landscape.grid < 2 or cfg.landscape.range <= 0:
+        raise Lm2vError("landscape.grid must be >= 2 and landscape.range > 0")
+
+
+@dataclass
+class Sample:
+    """A fixed, seeded sample of one split, preprocessed for the run's model."""
+
+    x: torch.Tensor  # (N, 3, S, S) normalised float
+    y: torch.Tensor  # (N,)
+    classes: list[str]
+
+
+def load_sample(run_cfg, cfg: AnalyzeConfig) -> Sample:
+    """``cfg.samples`` images of the run's dataset split (seeded choice), eval-preprocessed."""
+    from ..data import eval_transform, load_imageset_splits
+
+    splits = load_imageset_splits(run_cfg.data)
+    images = getattr(splits, cfg.split)
+    g = torch.Generator().manual_seed(cfg.sample_seed)
+    index = torch.randperm(len(images), generator=g)[: cfg.samples]
+    sub = images.subset(index)
+    x = eval_transform(sub.images, run_cfg.model.image_size, run_cfg.data)  # (N, 3, S, S)
+    return Sample(x, sub.labels, list(sub.classes))
+
+
+# -- the five parts -------------------------------------------------------------------------
+
+
+def part_curves(run: Path, run_cfg, out: Path) -> Section:
+    """Train / validation curves of the run (and of the run it started from, if any)."""
+    from .curves import final_numbers, plot_curves, read_records
+
+    runs = {}
+    if run_cfg.init and (Path(run_cfg.init) / "metrics.jsonl").is_file():
+        runs[f"{Path(run_cfg.init).name} (init)"] = read_records(run_cfg.init)
+    runs[run.name] = read_records(run)
+    plot_curves(runs, out / "figures" / "curves.png")
+    rows = [{"run": k, **final_numbers(v)} for k, v in runs.items()]
+    return Section("Curves", "Final-epoch numbers (never the best epoch).", [out / "figures" / "curves.png"],
+                   [Table("final numbers", rows)])
+
+
+def part_weights(loaded, cfg: AnalyzeConfig, out: Path, notes: list[str]) -> Section:
+    """Outlier shares per block and overall; histograms overlaid with reference models."""
+    from .models import learnable_weights, load_compare_model, reference_backbone
+    from .weights import plot_weight_histograms, weight_stats
+
+    models = {"run (final)": learnable_weights(loaded.model)}
+    if cfg.references:
+        for label, pretrained in (("language-pretrained", True), ("scratch", False)):
+            try:
+                models[label] = learnable_weights(reference_backbone(loaded.cfg.model, pretrained))
+            except Lm2vError as e:  # e.g. offline hub: said in the report, not hidden
+                notes.append(f"weights: no {label} reference ({e})")
+    for spec in cfg.compare_models:
+        label, model = load_compare_model(spec)
+        models[label] = learnable_weights(model)
+    stats = {k: weight_stats(v, cfg.threshold, cfg.z_k) for k, v in models.items()}
+    stats["run (trainable only)"] = weight_stats(loaded.model, cfg.threshold, cfg.z_k, trainable_only=True)
+    fig = out / "figures" / "weight_hist.png"
+    plot_weight_histograms(models, fig, threshold=cfg.threshold)
+    overall = [{"model": k, **s.aggregate()} for k, s in stats.items()]
+    run_stats = stats["run (final)"]
+    blocks = [{"block": b, **run_stats.aggregate(b)} for b in run_stats.blocks()]
+    text = (f"Outliers: |w| > {cfg.threshold} (the authors' definition, LayerNorm included) and "
+            f"|w - mean| > {cfg.z_k} std per tensor (scale-free); excess kurtosis numel-weighted.")
+    return Section("Weight statistics", text, [fig],
+                   [Table("overall", overall), Table("run (final) per block", blocks)])
+
+
+def _loss_batches(sample: Sample, lc: LandscapeConfig, device: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    x, y = sample.x[: lc.samples].to(device), sample.y[: lc.samples].to(device)
+    return list(zip(x.split(lc.batch_size), y.split(lc.batch_size)))
+
+
+def part_landscape(loaded, sample: Sample, cfg: AnalyzeConfig, out: Path) -> Section:
+    """2-D loss slice around the final weights (true labels of the sample, plain cross-entropy)."""
+    from .landscape import evaluate_grid, plot_landscape, random_directions, trainable_params, training_directions
+
+    lc = cfg.landscape
+    theta = trainable_params(loaded.model, lc.trainable_only)
+    if lc.directions == "training":
+        if loaded.init is None:
+            raise Lm2vError(f"{loaded.path} has no init.safetensors: use landscape.directions=random or filter")
+        theta = {n: t for n, t in theta.items() if n in loaded.init}
+        d1, d2 = training_directions({n: loaded.init[n] for n in theta}, theta, seed=lc.seed)
+    else:
+        d1, d2 = random_directions(theta, lc.directions, seed=lc.seed)
+    g = torch.linspace(-lc.range, lc.range, lc.grid)
+    t0 = time.perf_counter()
+    land = evaluate_grid(loaded.model, F.cross_entropy, _loss_batches(sample, lc, cfg.device), d1, d2, g, g,
+                         chunk=lc.chunk, directions=lc.directions, progress=cfg.progress)
+    seconds = time.perf_counter() - t0
+    figs = [out / "figures" / "landscape_contour.png", out / "figures" / "landscape_surface.png"]
+    plot_landscape(land, *figs)
+    atomic_write_json(out / "landscape.json", {"alphas": land.alphas.tolist(), "betas": land.betas.tolist(),
+                                               "loss": land.loss.tolist()})
+    row = {**land.numbers(), "samples": min(lc.samples, len(sample.y)), "params": sum(t.numel() for t in theta.values()),
+           "seconds": round(seconds, 1)}
+    text = ("L(theta_T + a d1 + b d2) on true labels; " + ("d1 = theta_T - theta_0 (a = -1 is the initial weights)"
+            if lc.directions == "training" else f"{lc.directions} directions") + ".")
+    return Section("Loss landscape", text, figs, [Table("landscape", [row])])
+
+
+def part_features(loaded, sample: Sample, cfg: AnalyzeConfig, out: Path) -> Section:
+    """t-SNE and PCA of pooled features, with cluster-quality numbers."""
+    from .features import extract_features, feature_geometry
+
+    model = loaded.model.to(cfg.device)
+    feats = extract_features(model, sample.x.to(cfg.device), cfg.batch_size, cfg.progress)
+    metrics = feature_geometry(feats, sample.y, sample.classes, out / "figures", seed=cfg.tsne_seed)
+    text = f"Pooled ({getattr(model, 'pooling', 'model')}) features of {len(sample.y)} {cfg.split} images."
+    return Section("Feature geometry", text, [out / "figures" / "tsne.png", out / "figures" / "pca.png"],
+                   [Table("cluster quality", [metrics])])
+
+
+def part_alignment(loaded, sample: Sample, cfg: AnalyzeConfig, out: Path, notes: list[str]) -> Section:
+    """Patch-embedding covariance vs patch covariance, before (init) and after (final)."""
+    from .alignment import patch_embed_alignment, plot_eigen_mapping
+
+    key = "patch_embed.proj.weight"
+    images = sample.x[: cfg.align_images]
+    states = {}
+    if loaded.init is not None and key in loaded.init:
+        states["before (init)"] = loaded.init[key]
+    else:
+        notes.append("alignment: the patch embedding did not train in this run (no 'before' state)")
+    states["after (final)"] = loaded.model.patch_embed.proj.weight.detach().cpu()
+    results = {k: patch_embed_alignment(w, images, cfg.align_k) for k, w in states.items()}
+    fig = out / "figures" / "eigen_mapping.png"
+    plot_eigen_mapping(results, fig)
+    rows = [{"weights": k, **a.numbers()} for k, a in results.items()]
+    text = ("Theorem 4.1: eigenbasis of Sigma_W = W^T W / C vs that of the patch covariance Sigma_X; energy = "
+            "||U_k^T V_k||_F^2 / k (chance k / D), max-cosine = mean over top-k of max |cos|.")
+    return Section("Covariance alignment", text, [fig], [Table("alignment", rows)])
+
+
+# -- the whole run --------------------------------------------------------------------------
+
+
+def analyze_run(run: str | Path, out: str | Path, cfg: AnalyzeConfig, log: Callable[[str], None] = print) -> dict:
+    """Run every part not in ``cfg.skip`` on ``run``; write the reports into ``out``; return the numbers."""
+    from .models import load_run
+
+    check_analyze_config(cfg)
+    run, out = Path(run), Path(out)
+    loaded = load_run(run)
+    loaded.model.to(cfg.device)
+    todo = [p for p in PARTS if p not in cfg.skip]
+    sample = load_sample(loaded.cfg, cfg) if {"landscape", "features", "alignment"} & set(todo) else None
+    notes: list[str] = []
+    sections, timings = [], {}
+    for part in todo:
+        log(f"analyze: {part}")
+        t0 = time.perf_counter()
+        sections.append(_run_part(part, run, loaded, sample, cfg, out, notes))
+        timings[part] = round(time.perf_counter() - t0, 1)
+    for n in notes:
+        log(f"analyze: note: {n}")
+    sections.append(Section("Notes", "; ".join(notes) or "none", [],
+                            [Table("seconds per part", [timings]), Table("skipped", [{"parts": ", ".join(cfg.skip) or "none"}])]))
+    numbers = {s.title: {t.title: t.rows for t in s.tables} for s in sections}
+    atomic_write_json(out / "analysis.json", numbers)
+    write_report(out, f"lm2v analyze: {run.name}", sections)
+    return numbers
+
+
+def _run_part(part, run, loaded, sample, cfg, out, notes) -> Section:
+    if part == "curves":
+        return part_curves(run, loaded.cfg, out)
+    if part == "weights":
+        return part_weights(loaded, cfg, out, notes)
+    if part == "landscape":
+        return part_landscape(loaded, sample, cfg, out)
+    if part == "features":
+        return part_features(loaded, sample, cfg, out)
+    return part_alignment(loaded, sample, cfg, out, notes)
+
+
+def compare_runs(runs: list[str | Path], out: str | Path) -> list[dict]:
+    """One table of final numbers (plus the run's label ratio, stage, model) and overlaid curves."""
+    from .curves import final_numbers, plot_curves, read_records
+    from ..train import read_run_config
+
+    if not runs:
+        raise Lm2vError("compare needs at least one run directory")
+    out = Path(out)
+    records, rows = {}, []
+    for r in map(Path, runs):
+        cfg = read_run_config(r)
+        label = r.name if r.name not in records else str(r)
+        records[label] = read_records(r)
+        rows.append({"run": label, "stage": cfg.stage, "model": cfg.model.name, "pretrained": cfg.model.pretrained,
+                     "label_ratio": cfg.labels.ratio, "trainable_blocks": cfg.trainable.blocks,
+                     **final_numbers(records[label])})
+    fig = out / "figures" / "curves.png"
+    plot_curves(records, fig)
+    atomic_write_json(out / "compare.json", rows)
+    write_report(out, "lm2v compare", [Section("Runs", "", [fig], [Table("final numbers", rows)])])
+    return rows

@@ -1,0 +1,51 @@
+"""The data config: which dataset, how it is split, stored and augmented."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+DATASETS = ("bundled", "cifar10", "cifar100")  # or a path to a folder / archive
+FORMATS = ("auto", "folder", "cifar10", "cifar100", "tiny-imagenet", "imagefolder")
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they become batches.
+
+    dataset: "bundled" (the CIFAR-10 subset shipped in the package, offline), "cifar10",
+        "cifar100" (read from ``root``), or a path to a folder / ``.tar.gz`` / ``.tgz`` / ``.tar``.
+    root: directory holding ``cifar-10-batches-bin/`` etc. for dataset cifar10/cifar100; default
+        ``$LM2V_DATA`` or ``~/.cache/lm2vision/data``. Must be unset for the other datasets.
+    format: auto | folder | cifar10 | cifar100 | tiny-imagenet | imagefolder (auto: from the layout).
+    val_fraction: share of each training class carved out (seeded by ``split_seed``) as the
+        validation split, unless the dataset ships a ``val/`` split; the test split is never touched.
+    test_fraction: share of each class held out as test, only for a split-less ImageFolder.
+    max_train_per_class / max_test_per_class: keep at most this many images per class (a seeded,
+        deterministic choice; the train cap applies before the validation split is carved).
+    store_size: side of the stored images when a set's images differ in size (shorter side
+        resized to it, then centre crop); sets whose images share one size keep it.
+    on_corrupt: "skip" (one warning with the count) or "error".
+    download: fetch the official CIFAR binary archive when it is missing (md5-checked).
+    augment: "crop_flip" (RandomResizedCrop scale [crop_scale_min, 1], ratio 3/4..4/3, + flip) or "none".
+    interpolation: "bicubic" or "bilinear", for the random resized crop.
+    mean / std: per-channel normalisation of [0, 1] pixels; 0.5/0.5 maps pixels to [-1, 1]
+        (the CIFAR-style convention used by the method's authors).
+    """
+
+    dataset: str = "bundled"
+    root: Optional[str] = None
+    format: str = "auto"
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    max_train_per_class: Optional[int] = None
+    max_test_per_class: Optional[int] = None
+    store_size: int = 32
+    on_corrupt: str = "skip"
+    download: bool = False
+    split_seed: int = 0
+    augment: str = "crop_flip"
+    crop_scale_min: float = 0.2
+    hflip: bool = True
+    interpolation: str = "bicubic"
+    mean: List[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    std: List[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])

@@ -1,0 +1,284 @@
+"""Training and evaluation of the dense tasks, with the classification stage's run conventions.
+
+A run directory holds ``config.yaml``, ``metrics.jsonl`` (one record per epoch, then an
+``"event": "test"`` record on the validation split with the final weights), ``summary.json``,
+``init.safetensors`` (trainable weights at the start), ``model.safetensors`` (all final weights),
+``checkpoints/last.{safetensors,json}`` (resume) and ``tb/``. The helpers come from
+:mod:`lm2vision.train`; the loop itself is shared by ``detect`` and ``segment`` through a small
+:class:`DenseTask` (build data, one loss, one evaluation).
+"""
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from ..config import save_config, to_dict
+from ..data.transforms import normalize
+from ..errors import Lm2vError
+from ..models import apply_trainable, create_backbone, trainable_summary
+from ..train.checkpoint import load_checkpoint, save_checkpoint, save_full_model, save_tensors, trainable_state
+from ..train.optim import base_lr, build_optimizer, lr_at, set_lr
+from ..train.rundir import MetricsLogger, prepare_run_dir
+from ..utils.io import atomic_write_json
+from .config import DetectConfig, SegmentConfig, check_dense_config
+from .datasets import CocoDetection, SegmentationFolder, detection_collate, list_collate, segmentation_pairs
+from .inference import detections_from_outputs, predict_segmentation
+from .losses import detr_loss, segmentation_loss
+from .metrics import coco_map, confusion_matrix, segmentation_scores
+from .model import Detector, Segmenter
+
+# ----------------------------------------------------------------------------- building
+
+
+def build_backbone(cfg: DetectConfig | SegmentConfig) -> nn.Module:
+    """The backbone: ``init`` (a run directory of lm2v bridge/probe/train) or ``create_backbone(cfg.model)``.
+
+    With ``init`` the run's own ModelConfig is used and copied into ``cfg.model`` (so the saved
+    config describes the model that was trained).
+    """
+    if cfg.init:
+        try:
+            from ..train import load_run_model
+        except ImportError:
+            raise Lm2vError("init=RUN_DIR needs lm2vision.train.load_run_model, which this build lacks") from None
+        backbone, run_cfg = load_run_model(cfg.init)
+        cfg.model = run_cfg.model
+    else:
+        backbone = create_backbone(cfg.model)
+    backbone.head.requires_grad_(False)  # the classifier is unused by dense heads
+    return backbone
+
+
+def _select_trainable(model: nn.Module, cfg) -> None:
+    apply_trainable(model.backbone, cfg.trainable)
+    model.backbone.head.requires_grad_(False)
+    model.head.requires_grad_(True)
+    print(trainable_summary(model.backbone))
+    n_head = sum(p.numel() for p in model.head.parameters())
+    print(f"  dense head {n_head:>12,} train")
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto -> cuda when available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise Lm2vError(f"runtime.device={name} but CUDA is not available")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, amp: str):
+    """bf16/fp16 autocast on CUDA (auto = bf16), nothing on CPU."""
+    if amp not in ("auto", "bf16", "fp16", "off"):
+        raise Lm2vError(f"runtime.amp must be auto, bf16, fp16 or off, got {amp!r}")
+    if device.type != "cuda" or amp == "off":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.float16 if amp == "fp16" else torch.bfloat16)
+
+
+# ----------------------------------------------------------------------------- tasks
+
+
+@dataclass
+class DenseTask:
+    """What differs between detection and segmentation."""
+
+    name: str
+    model: nn.Module
+    train_set: torch.utils.data.Dataset
+    collate: Callable
+    loss: Callable  # (model, batch, device) -> (loss, logs)
+    evaluate: Callable  # (model, device) -> metrics dict (numbers)
+
+
+def _coco_paths(cfg: DetectConfig, split: str) -> tuple[Path, Path]:
+    root = Path(cfg.data.root)
+    return root / cfg.data.images_dir.format(split=split), root / cfg.data.ann_file.format(split=split)
+
+
+def detection_task(cfg: DetectConfig) -> DenseTask:
+    """DETR on a COCO-format set; evaluation = COCO box mAP on the validation split."""
+    backbone = build_backbone(cfg)
+    S = backbone.cfg.image_size
+    train_set = CocoDetection(*_coco_paths(cfg, cfg.data.train_split), S, train=True, max_items=cfg.data.max_train)
+    val_set = CocoDetection(*_coco_paths(cfg, cfg.data.val_split), S, train=False, max_items=cfg.data.max_val)
+    torch.manual_seed(cfg.runtime.seed)
+    model = Detector(backbone, len(train_set.classes), cfg.head)
+    mean, std = cfg.data.mean, cfg.data.std
+
+    def loss(model, batch, device):
+        imgs, targets = batch
+        targets = [{"labels": t["labels"].to(device), "boxes": t["boxes"].to(device)} for t in targets]
+        outputs = model(normalize(imgs.to(device, non_blocking=True), mean, std))
+        return detr_loss(outputs, targets, cfg.loss)
+
+    @torch.no_grad()
+    def evaluate(model, device):
+        loader = torch.utils.data.DataLoader(val_set, batch_size=cfg.runtime.eval_batch_size,
+                                             collate_fn=detection_collate, num_workers=cfg.data.num_workers)
+        dets, losses = [], []
+        for imgs, targets in loader:
+            with autocast(device, cfg.runtime.amp):
+                outputs = model(normalize(imgs.to(device), mean, std))
+            tgt = [{"labels": t["labels"].to(device), "boxes": t["boxes"].to(device)} for t in targets]
+            losses.append(detr_loss(outputs, tgt, cfg.loss)[0].item())
+            for t, d in zip(targets, detections_from_outputs(outputs, [t["orig_size"] for t in targets])):
+                dets += _coco_results(t["image_id"], d, val_set.cat_ids)
+        return {"loss": sum(losses) / max(len(losses), 1), **coco_map(val_set.coco, dets)}
+
+    return DenseTask("detect", model, train_set, detection_collate, loss, evaluate)
+
+
+def _coco_results(image_id: int, det: dict, cat_ids: list[int]) -> list[dict]:
+    xyxy = det["boxes"].tolist()
+    return [{"image_id": image_id, "category_id": cat_ids[int(c)], "score": float(s),
+             "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]]}
+            for s, c, b in zip(det["scores"], det["labels"], xyxy)]
+
+
+def _seg_set(cfg: SegmentConfig, split: str, train: bool, image_size: int, max_items: int) -> SegmentationFolder:
+    pairs, classes, reduce = segmentation_pairs(cfg.data.layout, cfg.data.root, split, cfg.data.num_classes)
+    return SegmentationFolder(pairs[: max_items or None], classes, image_size, train, reduce,
+                              cfg.data.min_scale, cfg.data.max_scale)
+
+
+def segmentation_task(cfg: SegmentConfig) -> DenseTask:
+    """Segmenter / linear decoder; evaluation = mIoU, pixel accuracy on the validation split."""
+    backbone = build_backbone(cfg)
+    S = backbone.cfg.image_size
+    train_set = _seg_set(cfg, cfg.data.train_split, True, S, cfg.data.max_train)
+    val_set = _seg_set(cfg, cfg.data.val_split, False, S, cfg.data.max_val)
+    K = len(train_set.classes)
+    torch.manual_seed(cfg.runtime.seed)
+    model = Segmenter(backbone, K, cfg.head)
+    mean, std = cfg.data.mean, cfg.data.std
+
+    def loss(model, batch, device):
+        imgs, masks = batch
+        logits = model(normalize(imgs.to(device, non_blocking=True), mean, std))  # (B, K, S, S)
+        value = segmentation_loss(logits.float(), masks.to(device))
+        return value, {"ce": float(value.detach())}
+
+    @torch.no_grad()
+    def evaluate(model, device):
+        loader = torch.utils.data.DataLoader(val_set, batch_size=1, collate_fn=list_collate,
+                                             num_workers=cfg.data.num_workers)
+        cm = torch.zeros(K, K, dtype=torch.int64)
+        for imgs, masks in loader:
+            for img, mask in zip(imgs, masks):
+                with autocast(device, cfg.runtime.amp):
+                    logits = predict_segmentation(model, img, S, K, cfg.infer, mean, std)
+                cm += confusion_matrix(logits.argmax(0).cpu(), mask, K)
+        return {**segmentation_scores(cm), **majority_baseline(cm)}
+
+    return DenseTask("segment", model, train_set, _stack_collate, loss, evaluate)
+
+
+def _stack_collate(batch):
+    imgs, masks = zip(*batch)
+    return torch.stack(imgs), torch.stack(masks)
+
+
+def majority_baseline(cm: torch.Tensor) -> dict[str, float]:
+    """Scores of the trivial predictor that outputs the most frequent true class everywhere."""
+    gt = cm.sum(1).double()
+    if gt.sum() == 0:
+        return {"baseline_miou": 0.0, "baseline_pixel_acc": 0.0}
+    frac = float(gt.max() / gt.sum())
+    return {"baseline_miou": frac / int((gt > 0).sum()), "baseline_pixel_acc": frac}
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def _train_epoch(task: DenseTask, cfg, optimizer, scaler, device, epoch: int, sched: dict) -> tuple[float, dict]:
+    model = task.model.train()
+    random.seed(cfg.runtime.seed + epoch)
+    g = torch.Generator().manual_seed(cfg.runtime.seed + epoch)
+    bs = cfg.optim.batch_size
+    loader = torch.utils.data.DataLoader(task.train_set, batch_size=bs, shuffle=True, generator=g,
+                                         drop_last=len(task.train_set) >= bs, collate_fn=task.collate,
+                                         num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
+    params = [p for p in model.parameters() if p.requires_grad]
+    total, n, logs = 0.0, 0, {}
+    for i, batch in enumerate(tqdm(loader, desc=f"{task.name} epoch {epoch + 1}", disable=not cfg.runtime.progress,
+                                   leave=False)):
+        set_lr(optimizer, lr_at(epoch * sched["steps"] + i, sched["total"], sched["warmup"], sched["peak"],
+                                cfg.optim.min_lr))
+        with autocast(device, cfg.runtime.amp):
+            loss, logs = task.loss(model, batch, device)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if cfg.optim.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        total, n = total + loss.item(), n + 1
+    return total / max(n, 1), logs
+
+
+def _schedule(cfg, n_train: int) -> dict:
+    bs = cfg.optim.batch_size
+    steps = max(n_train // bs, 1) if n_train >= bs else 1
+    return {"steps": steps, "total": steps * cfg.optim.epochs, "warmup": int(cfg.optim.warmup_epochs * steps),
+            "peak": base_lr(cfg.optim)}
+
+
+def fit(task: DenseTask, cfg, run: Path, resume: bool) -> dict:
+    """Train ``task.model`` for ``cfg.optim.epochs`` and write the run directory; returns the summary."""
+    device = resolve_device(cfg.runtime.device)
+    model = task.model.to(device)
+    _select_trainable(model, cfg)
+    optimizer = build_optimizer(model, cfg.optim)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.runtime.amp == "fp16")
+    logger = MetricsLogger(run, tensorboard=cfg.runtime.tensorboard)
+    start = 0
+    if resume:
+        start = load_checkpoint(run, model, optimizer)["epoch"]
+        logger.truncate_after(start)
+    else:
+        save_tensors(run / "init.safetensors", trainable_state(model))
+    sched, metrics, t0 = _schedule(cfg, len(task.train_set)), {}, time.time()
+    stop = cfg.optim.epochs if cfg.runtime.stop_after is None else min(cfg.optim.epochs, start + cfg.runtime.stop_after)
+    for epoch in range(start, stop):
+        train_loss, _ = _train_epoch(task, cfg, optimizer, scaler, device, epoch, sched)
+        metrics = task.evaluate(model.eval(), device)
+        record = {"epoch": epoch + 1, "stage": task.name, "train_loss": train_loss,
+                  "lr": optimizer.param_groups[0]["lr"], **{f"val_{k}": v for k, v in metrics.items()}}
+        logger.log(record)
+        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+        save_checkpoint(run, model, optimizer, {"epoch": epoch + 1, "config": to_dict(cfg)})
+    if stop < cfg.optim.epochs:
+        logger.close()
+        return {"stopped_after_epoch": stop}
+    if not metrics:  # resumed after the last epoch: evaluate the final weights again
+        metrics = task.evaluate(model.eval(), device)
+    save_full_model(run / "model.safetensors", model)
+    logger.log({"event": "test", "stage": task.name, "split": cfg.data.val_split, "epoch": cfg.optim.epochs,
+                **{f"test_{k}": v for k, v in metrics.items()}})
+    logger.close()
+    summary = {"task": task.name, "epochs": cfg.optim.epochs, "split": cfg.data.val_split, "final": metrics,
+               "train_images": len(task.train_set), "seconds_this_invocation": round(time.time() - t0, 2),
+               "params": sum(p.numel() for p in model.parameters()),
+               "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    atomic_write_json(run / "summary.json", summary)
+    return summary
+
+
+def run_dense(cfg: DetectConfig | SegmentConfig, out: str | Path, resume: bool = False, overwrite: bool = False,
+              prepared: Path | None = None) -> dict:
+    """Check ``cfg``, prepare ``out`` (unless ``prepared``), build the task, train, return the summary."""
+    check_dense_config(cfg)
+    run = prepared or prepare_run_dir(out, resume=resume, overwrite=overwrite)
+    task = detection_task(cfg) if isinstance(cfg, DetectConfig) else segmentation_task(cfg)
+    save_config(cfg, run / "config.yaml")  # after build: ``init`` may have filled in cfg.model
+    return fit(task, cfg, run, resume)

@@ -1,0 +1,237 @@
+"""A language model's transformer blocks as a vision backbone.
+
+image (B, 3, S, S) -> patch tokens (B, T, C) -> the language model's own blocks (fed through
+``inputs_embeds``, so every family runs its own embedding norm, positions, attention and final
+norm) -> pooling (B, C) -> linear head (B, K). The interface follows timm:
+``forward_features``, ``pool``, ``forward_head``, ``reset_classifier``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from ..errors import Lm2vError
+from .arch import ArchSpec
+
+
+@dataclass
+class ModelConfig:
+    """What backbone to build. Saved with every run, so a checkpoint can be rebuilt from it."""
+
+    name: str = "minilm"  # alias (minilm, tiny-*), Hugging Face hub id, or local directory
+    pretrained: bool = True  # False: same config, fresh init, the weights are never read
+    image_size: int = 32  # input side after preprocessing (32 native CIFAR; 224 as the paper)
+    patch_size: int = 4  # 4 at 32 px (64 tokens); 16 at 224 px (196 tokens)
+    positions: str = "auto"  # auto | model (reuse the LM's learned table) | learned (ours) | none
+    pooling: str = "auto"  # auto (last for causal, mean otherwise) | last | mean | first
+    attention: str = "auto"  # auto (as pretrained) | causal | bidirectional
+    attn_implementation: str = "sdpa"  # sdpa | eager (Hugging Face's own kernels)
+    dropout: float | None = None  # None keeps the model's own dropout rates
+    num_classes: int = 10
+    gradient_checkpointing: bool = False
+    init_seed: int = 0  # seeds the fresh parts (patch embedding, head, our positions, scratch blocks)
+
+
+_POSITIONS = ("auto", "model", "learned", "none")
+_POOLING = ("auto", "last", "mean", "first")
+_ATTENTION = ("auto", "causal", "bidirectional")
+
+
+def check_model_config(cfg: ModelConfig) -> None:
+    """Reject impossible settings with one line each."""
+    if cfg.image_size <= 0 or cfg.patch_size <= 0 or cfg.image_size % cfg.patch_size:
+        raise Lm2vError(f"image_size {cfg.image_size} is not divisible by patch_size {cfg.patch_size}")
+    for field, allowed in (("positions", _POSITIONS), ("pooling", _POOLING), ("attention", _ATTENTION)):
+        if getattr(cfg, field) not in allowed:
+            raise Lm2vError(f"model.{field} must be one of {allowed}, got {getattr(cfg, field)!r}")
+    if cfg.attn_implementation not in ("sdpa", "eager"):
+        raise Lm2vError(f"model.attn_implementation must be sdpa or eager, got {cfg.attn_implementation!r}")
+    if cfg.num_classes < 1:
+        raise Lm2vError(f"model.num_classes must be >= 1, got {cfg.num_classes}")
+    if cfg.dropout is not None and not 0.0 <= cfg.dropout < 1.0:
+        raise Lm2vError(f"model.dropout must be in [0, 1), got {cfg.dropout}")
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping p x p patches -> C-dim tokens, one Conv2d (kernel = stride = p)."""
+
+    def __init__(self, patch_size: int, width: int):
+        super().__init__()
+        self.proj = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)  # (B, C, h, w) -> (B, T, C)
+
+    def weight_matrix(self) -> torch.Tensor:
+        """The weight as (C, 3 * p * p), rows = output channels (for covariance analyses)."""
+        return self.proj.weight.flatten(1)
+
+
+def _get(module: nn.Module, path: str) -> nn.Module:
+    for part in path.split("."):
+        module = getattr(module, part)
+    return module
+
+
+class VisionBackbone(nn.Module):
+    """A Hugging Face language model driven by image patches. Build it with ``create_backbone``."""
+
+    def __init__(self, lm: nn.Module, spec: ArchSpec, cfg: ModelConfig):
+        super().__init__()
+        check_model_config(cfg)
+        self.cfg, self.spec, self.lm = cfg, spec, lm
+        self.width: int = lm.config.hidden_size
+        self.grid_size = cfg.image_size // cfg.patch_size
+        self.num_tokens = self.grid_size**2
+        self.causal = spec.causal if cfg.attention == "auto" else cfg.attention == "causal"
+        self.positions = cfg.positions if cfg.positions != "auto" else ("none" if spec.rotary else "model")
+        self.pooling = cfg.pooling if cfg.pooling != "auto" else ("last" if self.causal else "mean")
+        self._check_positions()
+        self._drop_word_embeddings()
+        self.patch_embed = PatchEmbed(cfg.patch_size, self.width)
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, self.width)) if self.positions == "learned" else None
+        self.head = nn.Linear(self.width, cfg.num_classes)
+        self.fixed_params: set[str] = self._disable_model_positions()
+        self.reset_patch_embed()
+        self.reset_classifier(cfg.num_classes)
+        if cfg.gradient_checkpointing:
+            self.lm.gradient_checkpointing_enable()
+
+    # -- construction helpers -------------------------------------------------------------
+    def _check_positions(self) -> None:
+        if self.positions == "model" and self.spec.rotary:
+            raise Lm2vError(f"{self.spec.family} uses rotary positions: model.positions must be none or learned")
+        key = self.spec.max_positions_key
+        limit = getattr(self.lm.config, key) if key else None
+        if self.positions == "model" and limit is not None and self.num_tokens > limit:
+            raise Lm2vError(f"{self.num_tokens} patch tokens exceed the model's {limit} positions; use bigger patches")
+
+    def _drop_word_embeddings(self) -> None:
+        # Patch tokens replace words: keep a 1-row table so the module tree stays intact.
+        parent_path, _, leaf = self.spec.word_embed.rpartition(".")
+        parent = _get(self.lm, parent_path) if parent_path else self.lm
+        setattr(parent, leaf, nn.Embedding(1, self.width))
+        for p in getattr(parent, leaf).parameters():
+            p.requires_grad_(False)
+
+    def _disable_model_positions(self) -> set[str]:
+        """Zero the LM's own position table unless we reuse it; returns names never to train."""
+        fixed = {f"lm.{self.spec.word_embed}.weight"}
+        if self.spec.pos_embed and self.positions != "model":
+            table = _get(self.lm, self.spec.pos_embed)
+            with torch.no_grad():
+                table.weight.zero_()
+            table.weight.requires_grad_(False)
+            fixed.add(f"lm.{self.spec.pos_embed}.weight")
+        return fixed
+
+    @torch.no_grad()
+    def reset_patch_embed(self) -> None:
+        """Fresh patch embedding (and our own positions), as stage 2 ``reinit`` does."""
+        g = torch.Generator().manual_seed(self.cfg.init_seed)
+        w = self.patch_embed.proj.weight
+        w.copy_(torch.randn(w.shape, generator=g) * 0.02)
+        self.patch_embed.proj.bias.zero_()
+        if self.pos_embed is not None:
+            self.pos_embed.copy_(torch.randn(self.pos_embed.shape, generator=g) * 0.02)
+
+    @torch.no_grad()
+    def reset_classifier(self, num_classes: int) -> None:
+        """A new linear head with ``num_classes`` outputs, init N(0, 0.02) as the paper."""
+        g = torch.Generator().manual_seed(self.cfg.init_seed + 1)
+        device = self.patch_embed.proj.weight.device
+        self.head = nn.Linear(self.width, num_classes).to(device)
+        self.head.weight.copy_(torch.randn(self.head.weight.shape, generator=g) * 0.02)
+        self.head.bias.zero_()
+        self.cfg.num_classes = num_classes
+
+    # -- the timm-style interface ---------------------------------------------------------
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return _get(self.lm, self.spec.blocks)
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    def attention_mask(self, x: torch.Tensor) -> torch.Tensor | None:
+        """None keeps the family's own masking (fast SDPA paths); else a 4D mask (B, 1, T, T)."""
+        if self.causal == self.spec.causal:
+            return None
+        T = x.shape[1]
+        allowed = torch.ones(T, T, dtype=torch.bool, device=x.device)
+        if self.causal:
+            allowed = allowed.tril()
+        mask = allowed[None, None].expand(x.shape[0], 1, T, T)
+        if self.cfg.attn_implementation == "eager":  # eager adds the mask to the scores
+            return torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill(~mask, torch.finfo(x.dtype).min)
+        return mask
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, S, S), normalised -> tokens (B, T, C) after the model's final norm."""
+        if x.shape[-1] != self.cfg.image_size or x.shape[-2] != self.cfg.image_size:
+            raise Lm2vError(f"expected {self.cfg.image_size}px images, got {tuple(x.shape[-2:])}")
+        tokens = self.patch_embed(x)  # (B, T, C)
+        if self.pos_embed is not None:
+            tokens = tokens + self.pos_embed
+        out = self.lm(inputs_embeds=tokens, attention_mask=self.attention_mask(tokens), use_cache=False)
+        return out.last_hidden_state  # (B, T, C)
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) -> (B, C) by the configured pooling."""
+        if self.pooling == "last":
+            return tokens[:, -1]
+        if self.pooling == "first":
+            return tokens[:, 0]
+        return tokens.mean(dim=1)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Tokens (B, T, C) -> logits (B, K), or pooled features (B, C) if ``pre_logits``."""
+        pooled = self.pool(x)
+        return pooled if pre_logits else self.head(pooled)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    # -- named groups for freezing and analyses -------------------------------------------
+    def layer_groups(self) -> dict[str, list[str]]:
+        """Parameter names per group: patch, pos, norm, final_norm, attn, mlp, head, block.<i>.
+
+        ``norm`` is every norm; ``final_norm`` the norms outside the blocks (embedding norm, final norm).
+        Groups may overlap (a block's LayerNorm is in ``norm`` and in ``block.<i>``); position
+        tables that are switched off and the unused word table belong to no group.
+        """
+        groups: dict[str, list[str]] = {g: [] for g in ("patch", "pos", "norm", "final_norm", "attn", "mlp", "head")}
+        groups.update({f"block.{i}": [] for i in range(self.num_blocks)})
+        norm_names = self._norm_param_names()
+        prefix = f"lm.{self.spec.blocks}."
+        for name, _ in self.named_parameters():
+            if name in self.fixed_params:
+                continue
+            if name.startswith("patch_embed."):
+                groups["patch"].append(name)
+            elif name == "pos_embed" or (self.spec.pos_embed and name.startswith(f"lm.{self.spec.pos_embed}.")):
+                groups["pos"].append(name)
+            elif name.startswith("head."):
+                groups["head"].append(name)
+            if name in norm_names:
+                groups["norm"].append(name)
+                if not name.startswith(prefix):
+                    groups["final_norm"].append(name)
+            if name.startswith(prefix):
+                index, _, rest = name[len(prefix):].partition(".")
+                groups[f"block.{index}"].append(name)
+                if rest.startswith(self.spec.attn):
+                    groups["attn"].append(name)
+                elif rest.startswith(self.spec.mlp):
+                    groups["mlp"].append(name)
+        return groups
+
+    def _norm_param_names(self) -> set[str]:
+        names = set()
+        for mname, module in self.named_modules():
+            if isinstance(module, nn.LayerNorm) or type(module).__name__.endswith(("RMSNorm", "LayerNorm")):
+                names.update(f"{mname}.{p}" for p, _ in module.named_parameters(recurse=False))
+        return names

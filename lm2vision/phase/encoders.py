@@ -1,0 +1,204 @@
+"""The two sides of a pair as embedding networks: batch -> (B, O), ready for the NTK and AGOP.
+
+Model output for the NTK (a documented choice): the pooled embedding, mapped by a fixed random
+projection P (C, O) with entries N(0, 1/C) when ``out_dim`` is set (keeps the kernel cheap; the
+projection is a buffer, never a parameter). ``embed`` returns the unprojected (B, C) embedding
+used by the alignment score.
+
+- vision: ``VisionBackbone.pool(forward_features(images))`` (the backbone's own pooling).
+- language: the mean of the last hidden states over the caption's real tokens. Masks are passed
+  as one additive 4D mask (B, 1, T, T) (padding, plus causality for decoders), which keeps every
+  sample independent under ``vmap``.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from ..errors import Lm2vError
+from ..models import ModelConfig, TINY_CONFIGS, VisionBackbone, create_backbone, load_lm_config
+from ..models.arch import ARCH
+
+
+def _projection(width: int, out_dim: int | None, seed: int) -> torch.Tensor | None:
+    if out_dim is None:
+        return None
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(width, out_dim, generator=g) / width**0.5  # (C, O)
+
+
+class VisionEmbedder(nn.Module):
+    """Normalised images (B, 3, S, S) -> pooled embedding (B, O) of a vision backbone."""
+
+    def __init__(self, backbone: VisionBackbone, out_dim: int | None = None, seed: int = 0):
+        super().__init__()
+        self.backbone = backbone
+        self.register_buffer("proj", _projection(backbone.width, out_dim, seed), persistent=False)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone.pool(self.backbone.forward_features(x))  # (B, C)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.embed(x)
+        return z if self.proj is None else z @ self.proj  # (B, O)
+
+    def ntk_names(self) -> list[str]:
+        """Parameters of the kernel: everything that shapes the embedding (head and fixed tables excluded)."""
+        fixed = {f"backbone.{n}" for n in self.backbone.fixed_params}
+        return [n for n, _ in self.named_parameters() if n not in fixed and not n.startswith("backbone.head.")]
+
+    def agop_layers(self) -> dict[str, nn.Module]:
+        return {f"block.{i}": b for i, b in enumerate(self.backbone.blocks)}
+
+
+def _is_causal(model: nn.Module) -> bool:
+    spec = ARCH.get(getattr(model.config, "model_type", ""))
+    if spec is not None:
+        return spec.causal
+    return any(getattr(m, "is_causal", False) is True for m in model.modules())
+
+
+class TextEmbedder(nn.Module):
+    """Token ids (B, T) and mask (B, T) -> mean-pooled last hidden state (B, O) of a text model."""
+
+    def __init__(self, model: nn.Module, out_dim: int | None = None, seed: int = 0):
+        super().__init__()
+        self.model = model
+        self.causal = _is_causal(model)
+        self.register_buffer("proj", _projection(model.config.hidden_size, out_dim, seed), persistent=False)
+
+    def attention_mask(self, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """(B, T) 0/1 -> additive (B, 1, T, T): padded keys (and future keys for decoders) blocked."""
+        T = mask.shape[1]
+        allowed = mask[:, None, None, :].bool().expand(-1, 1, T, T)
+        if self.causal:
+            allowed = allowed & torch.ones(T, T, dtype=torch.bool, device=mask.device).tril()
+        return torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+    def embed_tokens(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Input embeddings (B, T, C) -> mean-pooled (B, C) (the route AGOP differentiates)."""
+        h = self.model(inputs_embeds=embeds, attention_mask=self.attention_mask(mask, embeds.dtype)).last_hidden_state
+        w = mask[:, :, None].to(h.dtype)  # (B, T, 1)
+        return (h * w).sum(1) / w.sum(1)  # (B, C)
+
+    def embed(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.embed_tokens(self.model.get_input_embeddings()(ids), mask)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        z = self.embed(ids, mask)
+        return z if self.proj is None else z @ self.proj  # (B, O)
+
+    def project(self, z: torch.Tensor) -> torch.Tensor:
+        return z if self.proj is None else z @ self.proj
+
+    def ntk_names(self) -> list[str]:
+        """Parameters of the kernel: all trainable ones except a pooler the mean pooling never uses."""
+        return [n for n, p in self.named_parameters() if p.requires_grad and not n.startswith("model.pooler.")]
+
+
+# -- tokenisation --------------------------------------------------------------------------------
+class ByteTokenizer:
+    """A trivial tokenizer for in-memory test models: UTF-8 bytes folded into ``vocab_size - 1`` ids."""
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+
+    def __call__(self, text: str) -> list[int]:
+        return [1 + b % (self.vocab_size - 1) for b in text.encode()]
+
+
+def tokenize(tokenizer, texts: Sequence[str], max_length: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Texts -> ids (N, T) and mask (N, T), right-padded with id 0 (masked out everywhere)."""
+    rows = []
+    for t in texts:
+        ids = tokenizer(t) if isinstance(tokenizer, ByteTokenizer) else tokenizer(t)["input_ids"]
+        rows.append(list(ids)[:max_length])
+    T = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), T, dtype=torch.long)
+    mask = torch.zeros(len(rows), T, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(r)
+        mask[i, :len(r)] = 1
+    return ids, mask
+
+
+# -- loading -------------------------------------------------------------------------------------
+@dataclass
+class Side:
+    """One model of a pair: its embedder now, at initialisation, and how to feed it."""
+
+    name: str
+    now: nn.Module
+    init: nn.Module
+    image_size: int | None = None  # vision only
+    patch_size: int | None = None  # vision only
+    tokenizer: object | None = None  # language only
+
+
+def is_run_dir(spec: str) -> bool:
+    return os.path.isdir(spec) and os.path.isfile(os.path.join(spec, "config.yaml"))
+
+
+def load_vision(spec: str, image_size: int = 32, patch_size: int = 4, out_dim: int | None = 8, seed: int = 0) -> Side:
+    """A vision side from an lm2vision run directory (now = final weights, init = ``init.safetensors``)
+    or a backbone name for ``create_backbone`` (now = pretrained, init = same architecture, fresh)."""
+    if is_run_dir(spec):
+        from ..train.runs import load_run_model
+
+        now, cfg = load_run_model(spec)
+        init, _ = load_run_model(spec, weights="init.safetensors")
+        image_size, patch_size = cfg.model.image_size, cfg.model.patch_size
+    else:
+        cfg = ModelConfig(name=spec, pretrained=spec not in TINY_CONFIGS, image_size=image_size, patch_size=patch_size)
+        now = create_backbone(cfg)
+        init = create_backbone(ModelConfig(**{**cfg.__dict__, "pretrained": False}))
+    wrap = lambda b: VisionEmbedder(b, out_dim, seed).eval()  # noqa: E731
+    return Side(spec, wrap(now), wrap(init), image_size=image_size, patch_size=patch_size)
+
+
+def _text_source(spec: str) -> str:
+    if spec == "minilm":
+        from ..models import embedded_minilm_path
+
+        return str(embedded_minilm_path())
+    return spec
+
+
+def _load_text_model(spec: str):
+    """(model, tokenizer) of a tiny alias (fresh init, byte tokenizer), 'minilm', a path or a hub id."""
+    from transformers import AutoModel, AutoTokenizer
+
+    if spec in TINY_CONFIGS:
+        config = load_lm_config(spec)
+        torch.manual_seed(0)
+        return AutoModel.from_config(config), ByteTokenizer(config.vocab_size)
+    source = _text_source(spec)
+    try:
+        model = AutoModel.from_pretrained(source, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as e:
+        hint = " (offline? give a local directory)" if not Path(source).exists() else ""
+        raise Lm2vError(f"cannot load language model {spec!r}{hint}: {str(e).splitlines()[0]}") from None
+    return model, tokenizer
+
+
+def text_side(name: str, model: nn.Module, tokenizer, out_dim: int | None = 8, seed: int = 0) -> Side:
+    """A language side from an in-memory model: init = the same config freshly initialised (seed 0)."""
+    from transformers import AutoModel
+
+    torch.manual_seed(0)
+    init = AutoModel.from_config(copy.deepcopy(model.config))
+    wrap = lambda m: TextEmbedder(m, out_dim, seed).eval()  # noqa: E731
+    return Side(name, wrap(model), wrap(init), tokenizer=tokenizer)
+
+
+def load_language(spec: str, out_dim: int | None = 8, seed: int = 0) -> Side:
+    """A language side by hub id, local path, 'minilm' (offline) or a tiny alias."""
+    model, tokenizer = _load_text_model(spec)
+    return text_side(spec, model, tokenizer, out_dim, seed)

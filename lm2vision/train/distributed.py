@@ -1,0 +1,118 @@
+"""Runtime set-up on PyTorch's own distributed engine (torchrun + DDP or FSDP2).
+
+The same command runs as one process or under ``torchrun --nproc-per-node N``; the global batch
+is split across ranks, so results match a single process with the same global batch.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from ..errors import Lm2vError
+from .config import RuntimeConfig
+
+
+@dataclass
+class Runtime:
+    """Where this process runs and how (resolved from a ``RuntimeConfig`` and the environment)."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def autocast(self):
+        """bf16/fp16 autocast on the device, or nothing for fp32."""
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum over ranks (in place on a copy); identity for one process."""
+        if self.distributed:
+            t = t.clone()
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+
+def _resolve_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise Lm2vError("runtime.device=cuda but no CUDA device is available")
+    if name == "cuda":
+        return torch.device("cuda", local_rank)
+    return torch.device(name)
+
+
+def _resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+
+
+def setup_runtime(cfg: RuntimeConfig) -> Runtime:
+    """Join the process group when launched by torchrun (nccl on GPU, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = _resolve_device(cfg.device, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Runtime(device=device, amp_dtype=_resolve_amp(cfg.amp, device), rank=rank, world_size=world)
+
+
+def wrap_model(model: nn.Module, rt: Runtime, mode: str) -> nn.Module:
+    """DDP (replicated) or FSDP2 (every block and the root fully sharded) across ranks."""
+    if not rt.distributed:
+        return model
+    if mode == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for block in model.blocks:
+            fully_shard(block)
+        fully_shard(model)
+        return model
+    if not any(p.requires_grad for p in model.parameters()):
+        return model  # nothing trains (linear probe on features): no gradient sync needed
+    ids = [rt.device.index] if rt.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The backbone inside a DDP wrapper (FSDP2 modifies the module in place)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every tensor of the model, gathered on CPU (also from FSDP shards)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(unwrap(model), options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def teardown(rt: Runtime) -> None:
+    """Leave the process group (if we joined one)."""
+    if rt.distributed and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,135 @@
+"""The classification training loop: data on the device once, augmentation on the device, no host
+sync inside an epoch, every random draw a pure function of (seed, epoch) so resumes are exact."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..data import DataConfig, ImageSet, apply_crop_params, epoch_batches, eval_batches, eval_transform, num_batches
+from ..data.transforms import sample_crop_params
+from .config import OptimConfig
+from .distributed import Runtime
+from .optim import base_lr, lr_at, set_lr
+
+
+@dataclass
+class DeviceSet:
+    """An ImageSet moved to the device once: uint8 images (N, 3, H, W) and labels (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    @classmethod
+    def of(cls, s: ImageSet, device: torch.device) -> "DeviceSet":
+        return cls(s.images.to(device), s.labels.to(device))
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A 63-bit seed that depends on (seed, epoch) only."""
+    state = np.random.SeedSequence([seed, epoch, 7]).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+@dataclass
+class Schedule:
+    """Warmup + cosine over the whole stage, in optimizer steps."""
+
+    total_steps: int
+    warmup_steps: int
+    peak: float
+    floor: float
+
+    @classmethod
+    def of(cls, cfg: OptimConfig, steps_per_epoch: int) -> "Schedule":
+        return cls(cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch), base_lr(cfg), cfg.min_lr)
+
+    def __call__(self, step: int) -> float:
+        return lr_at(step, self.total_steps, self.warmup_steps, self.peak, self.floor)
+
+
+def _train_batch(data: DeviceSet, idx: torch.Tensor, params: torch.Tensor | None, image_size: int,
+                 dcfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    idx = idx.to(data.images.device)
+    images = data.images[idx]
+    x = eval_transform(images, image_size, dcfg) if params is None else apply_crop_params(images, params, image_size, dcfg)
+    return x, data.labels[idx]
+
+
+def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: DeviceSet, epoch: int,
+                    sched: Schedule, ocfg: OptimConfig, dcfg: DataConfig, image_size: int, seed: int,
+                    rt: Runtime, extra_loss: Callable[[nn.Module], torch.Tensor | None] | None = None,
+                    lr_scale: Callable[[int], float] | None = None, progress: bool = True) -> dict:
+    """One epoch over ``data``; returns mean loss/accuracy over all ranks (one sync at the end)."""
+    model.train()
+    torch.manual_seed(epoch_seed(seed, epoch) + rt.rank)  # dropout
+    gen = torch.Generator().manual_seed(epoch_seed(seed, epoch))  # augmentation, same on every rank
+    B = ocfg.batch_size  # global batch
+    local = B // rt.world_size
+    steps = num_batches(len(data), B)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    sums = torch.zeros(3, device=rt.device)  # loss * n, correct, n
+    aspect = data.images.shape[-1] / data.images.shape[-2]
+    batches = epoch_batches(len(data), B, epoch, seed, rank=rt.rank, world_size=rt.world_size)
+    for it, idx in enumerate(tqdm(batches, total=steps, desc=f"epoch {epoch + 1}", leave=False, disable=not progress)):
+        step = epoch * steps + it
+        params = None
+        if dcfg.augment != "none":
+            params = sample_crop_params(B, gen, dcfg, aspect)[rt.rank * local:(rt.rank + 1) * local]
+        x, y = _train_batch(data, idx, params, image_size, dcfg)
+        set_lr(optimizer, sched(step) * (lr_scale(step) if lr_scale else 1.0))
+        with rt.autocast():
+            logits = model(x)  # (b, K)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=ocfg.label_smoothing)
+            penalty = extra_loss(model) if extra_loss else None
+        (loss + penalty if penalty is not None else loss).backward()
+        if ocfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(trainable, ocfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        sums += torch.stack([loss.detach() * len(y), (logits.argmax(-1) == y).sum().float(), torch.tensor(float(len(y)), device=rt.device)])
+    total = rt.all_reduce_sum(sums).tolist()
+    return {"train_loss": total[0] / max(total[2], 1), "train_acc": total[1] / max(total[2], 1),
+            "lr": sched(epoch * steps + steps - 1)}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: DeviceSet, image_size: int, dcfg: DataConfig, rt: Runtime,
+             batch_size: int = 256) -> dict:
+    """Loss (no smoothing) and top-1 accuracy over every image of ``data``, summed over ranks."""
+    model.eval()
+    sums = torch.zeros(3, device=rt.device)
+    for idx in eval_batches(len(data), batch_size * rt.world_size, rt.rank, rt.world_size):
+        if len(idx) == 0:
+            continue
+        idx = idx.to(data.images.device)
+        x = eval_transform(data.images[idx], image_size, dcfg)
+        y = data.labels[idx]
+        with rt.autocast():
+            logits = model(x).float()
+        sums += torch.stack([F.cross_entropy(logits, y, reduction="sum"), (logits.argmax(-1) == y).sum().float(),
+                             torch.tensor(float(len(y)), device=rt.device)])
+    total = rt.all_reduce_sum(sums).tolist()
+    return {"loss": total[0] / max(total[2], 1), "acc": total[1] / max(total[2], 1)}
+
+
+@torch.no_grad()
+def extract_features(model: nn.Module, data: DeviceSet, image_size: int, dcfg: DataConfig, rt: Runtime,
+                     batch_size: int = 256) -> torch.Tensor:
+    """Pooled features (N, C) of every image, in order, in float32 (one forward pass)."""
+    model.eval()
+    feats = []
+    for idx in eval_batches(len(data), batch_size):
+        x = eval_transform(data.images[idx.to(data.images.device)], image_size, dcfg)
+        with rt.autocast():
+            feats.append(model.forward_head(model.forward_features(x), pre_logits=True).float())
+    return torch.cat(feats)
