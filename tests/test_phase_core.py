@@ -81,6 +81,11 @@ def test_similarity_self_scaling_and_labels():
     b = torch.eye(6)
     expected = float(torch.trace(a) / (a.norm() * b.norm()))
     assert kernel_similarity(3 * a, 0.1 * b) == pytest.approx(expected, rel=1e-6)
+    noise = torch.randn(6, 6)
+    assert kernel_similarity(a + 5.0, a, centered=True) == pytest.approx(1.0, abs=1e-9)  # H (a + c) H = H a H
+    offset = kernel_similarity(a + 100.0, a + 100.0 + noise)  # the shared constant dominates
+    centred = kernel_similarity(a + 100.0, a + 100.0 + noise, centered=True)
+    assert offset > 0.99 and centred == pytest.approx(kernel_similarity(a, a + noise, centered=True)) and centred < 0.99
     assert [phase_label(s) for s in (0.1, 0.5, 0.89, 0.9, 1.0)] == ["chaotic", "optimal", "optimal", "lazy", "lazy"]
     with pytest.raises(Lm2vError):
         kernel_similarity(a, torch.eye(5))

@@ -45,6 +45,7 @@ class AnalyzeConfig:
     references: bool = True  # compare weights with the run's LM pretrained and from scratch
     compare_models: List[str] = field(default_factory=list)
     tsne_seed: int = 42
+    sklearn_threads: Optional[int] = 1  # cap for t-SNE / CV (None: no cap); 1 is fastest on a busy CPU
     align_k: int = 10
     align_images: int = 256
     landscape: LandscapeConfig = field(default_factory=LandscapeConfig)
@@ -176,7 +177,8 @@ def part_features(loaded, sample: Sample, cfg: AnalyzeConfig, out: Path) -> Sect
 
     model = loaded.model.to(cfg.device)
     feats = extract_features(model, sample.x.to(cfg.device), cfg.batch_size, cfg.progress)
-    metrics = feature_geometry(feats, sample.y, sample.classes, out / "figures", seed=cfg.tsne_seed)
+    metrics = feature_geometry(feats, sample.y, sample.classes, out / "figures", seed=cfg.tsne_seed,
+                               threads=cfg.sklearn_threads)
     text = f"Pooled ({getattr(model, 'pooling', 'model')}) features of {len(sample.y)} {cfg.split} images."
     return Section("Feature geometry", text, [out / "figures" / "tsne.png", out / "figures" / "pca.png"],
                    [Table("cluster quality", [metrics])])

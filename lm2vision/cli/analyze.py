@@ -17,6 +17,17 @@ from pathlib import Path
 from ..errors import Lm2vError
 
 
+class _TrailingOverrides(argparse.ArgumentParser):
+    """Lets ``key=value`` overrides also follow options: with a positional RUN_DIR before them, plain
+    argparse binds the (empty) override list at RUN_DIR and rejects later ``key=value`` words."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        ns, rest = super().parse_known_args(args, namespace)
+        extra = [a for a in rest if "=" in a and not a.startswith("-")]
+        ns.overrides = list(getattr(ns, "overrides", None) or []) + extra
+        return ns, [a for a in rest if a not in extra]
+
+
 def register(subparsers) -> None:
     """Add the ``analyze`` and ``compare`` sub-commands."""
     p = subparsers.add_parser("analyze", help="weights, loss landscape, features, covariance alignment, curves -> report")
@@ -35,6 +46,7 @@ def register(subparsers) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", help="key=value overrides of AnalyzeConfig, e.g. landscape.samples=128")
     p.set_defaults(func=run_analyze)
+    p.__class__ = _TrailingOverrides  # same state, one method more
 
     c = subparsers.add_parser("compare", help="one table and overlaid curves across runs")
     c.add_argument("run_dirs", nargs="+", help="lm2v run directories")

@@ -33,7 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lm2v", description="Language-pretrained transformers as vision backbones.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in dict.fromkeys(COMMANDS.values()):
-        importlib.import_module(f"lm2vision.cli.{module}").register(sub)
+        try:
+            mod = importlib.import_module(f"lm2vision.cli.{module}")
+        except ModuleNotFoundError as e:  # TEMP during development
+            if e.name == f"lm2vision.cli.{module}":
+                continue
+            raise
+        mod.register(sub)
     return parser
 
 

@@ -68,6 +68,7 @@ class DetectConfig:
         epochs=50, batch_size=16, lr=1e-4, weight_decay=1e-4, warmup_epochs=1.0, label_smoothing=0.0, grad_clip=0.1))
     infer: InferConfig = field(default_factory=InferConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    eval_every: int = 1  # evaluate every N epochs (and always after the last)
 
 
 @dataclass
@@ -83,6 +84,7 @@ class SegmentConfig:
         epochs=64, batch_size=8, lr=1e-4, weight_decay=0.0, warmup_epochs=1.0, label_smoothing=0.0, grad_clip=1.0))
     infer: InferConfig = field(default_factory=lambda: InferConfig(mode="slide"))
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    eval_every: int = 1  # evaluate every N epochs (and always after the last)
 
 
 def check_dense_config(cfg: DetectConfig | SegmentConfig) -> None:
@@ -97,6 +99,8 @@ def check_dense_config(cfg: DetectConfig | SegmentConfig) -> None:
         raise Lm2vError(f"infer.mode {cfg.infer.mode!r} is not supported for {'detection (resize only)' if detect else 'segmentation (resize, slide)'}")
     if cfg.optim.epochs < 1 or cfg.optim.batch_size < 1:
         raise Lm2vError("optim.epochs and optim.batch_size must be >= 1")
+    if cfg.eval_every < 1:
+        raise Lm2vError(f"eval_every must be >= 1, got {cfg.eval_every}")
     if not 0 < cfg.data.min_scale <= cfg.data.max_scale:
         raise Lm2vError(f"need 0 < data.min_scale <= data.max_scale, got {cfg.data.min_scale}, {cfg.data.max_scale}")
     if detect and (cfg.head.num_queries < 1 or cfg.head.d_model % 4):

@@ -10,6 +10,8 @@ A run directory holds ``config.yaml``, ``metrics.jsonl`` (one record per epoch, 
 from __future__ import annotations
 
 import contextlib
+import copy
+import json
 import random
 import time
 from dataclasses import dataclass
@@ -18,13 +20,15 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
+import yaml
 from tqdm.auto import tqdm
 
-from ..config import save_config, to_dict
+from ..config import config_from_dict, save_config, to_dict
 from ..data.transforms import normalize
 from ..errors import Lm2vError
 from ..models import apply_trainable, create_backbone, trainable_summary
-from ..train.checkpoint import load_checkpoint, save_checkpoint, save_full_model, save_tensors, trainable_state
+from ..train.checkpoint import (load_checkpoint, load_full_model, save_checkpoint, save_full_model, save_tensors,
+                                trainable_state)
 from ..train.optim import base_lr, build_optimizer, lr_at, set_lr
 from ..train.rundir import MetricsLogger, prepare_run_dir
 from ..utils.io import atomic_write_json
@@ -97,6 +101,7 @@ class DenseTask:
     collate: Callable
     loss: Callable  # (model, batch, device) -> (loss, logs)
     evaluate: Callable  # (model, device) -> metrics dict (numbers)
+    classes: list[str]
 
 
 def _coco_paths(cfg: DetectConfig, split: str) -> tuple[Path, Path]:
@@ -125,7 +130,7 @@ def detection_task(cfg: DetectConfig) -> DenseTask:
         loader = torch.utils.data.DataLoader(val_set, batch_size=cfg.runtime.eval_batch_size,
                                              collate_fn=detection_collate, num_workers=cfg.data.num_workers)
         dets, losses = [], []
-        for imgs, targets in loader:
+        for imgs, targets in tqdm(loader, desc="detect eval", disable=not cfg.runtime.progress, leave=False):
             with autocast(device, cfg.runtime.amp):
                 outputs = model(normalize(imgs.to(device), mean, std))
             tgt = [{"labels": t["labels"].to(device), "boxes": t["boxes"].to(device)} for t in targets]
@@ -134,7 +139,7 @@ def detection_task(cfg: DetectConfig) -> DenseTask:
                 dets += _coco_results(t["image_id"], d, val_set.cat_ids)
         return {"loss": sum(losses) / max(len(losses), 1), **coco_map(val_set.coco, dets)}
 
-    return DenseTask("detect", model, train_set, detection_collate, loss, evaluate)
+    return DenseTask("detect", model, train_set, detection_collate, loss, evaluate, train_set.classes)
 
 
 def _coco_results(image_id: int, det: dict, cat_ids: list[int]) -> list[dict]:
@@ -172,14 +177,14 @@ def segmentation_task(cfg: SegmentConfig) -> DenseTask:
         loader = torch.utils.data.DataLoader(val_set, batch_size=1, collate_fn=list_collate,
                                              num_workers=cfg.data.num_workers)
         cm = torch.zeros(K, K, dtype=torch.int64)
-        for imgs, masks in loader:
+        for imgs, masks in tqdm(loader, desc="segment eval", disable=not cfg.runtime.progress, leave=False):
             for img, mask in zip(imgs, masks):
                 with autocast(device, cfg.runtime.amp):
                     logits = predict_segmentation(model, img, S, K, cfg.infer, mean, std)
                 cm += confusion_matrix(logits.argmax(0).cpu(), mask, K)
         return {**segmentation_scores(cm), **majority_baseline(cm)}
 
-    return DenseTask("segment", model, train_set, _stack_collate, loss, evaluate)
+    return DenseTask("segment", model, train_set, _stack_collate, loss, evaluate, train_set.classes)
 
 
 def _stack_collate(batch):
@@ -247,31 +252,72 @@ def fit(task: DenseTask, cfg, run: Path, resume: bool) -> dict:
         logger.truncate_after(start)
     else:
         save_tensors(run / "init.safetensors", trainable_state(model))
-    sched, metrics, t0 = _schedule(cfg, len(task.train_set)), {}, time.time()
+    try:
+        return _epochs(task, cfg, run, model, optimizer, scaler, device, logger, start)
+    finally:
+        logger.close()
+
+
+def _epochs(task: DenseTask, cfg, run: Path, model, optimizer, scaler, device, logger, start: int) -> dict:
+    sched, metrics = _schedule(cfg, len(task.train_set)), {}
     stop = cfg.optim.epochs if cfg.runtime.stop_after is None else min(cfg.optim.epochs, start + cfg.runtime.stop_after)
     for epoch in range(start, stop):
+        t_epoch = time.perf_counter()
         train_loss, _ = _train_epoch(task, cfg, optimizer, scaler, device, epoch, sched)
-        metrics = task.evaluate(model.eval(), device)
+        dt = time.perf_counter() - t_epoch
+        last = epoch + 1 == cfg.optim.epochs
+        metrics = task.evaluate(model.eval(), device) if last or (epoch + 1) % cfg.eval_every == 0 else {}
         record = {"epoch": epoch + 1, "stage": task.name, "train_loss": train_loss,
-                  "lr": optimizer.param_groups[0]["lr"], **{f"val_{k}": v for k, v in metrics.items()}}
+                  "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": dt,
+                  "img_per_s": sched["steps"] * cfg.optim.batch_size / dt,
+                  **{f"val_{k}": v for k, v in metrics.items()}}
         logger.log(record)
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
         save_checkpoint(run, model, optimizer, {"epoch": epoch + 1, "config": to_dict(cfg)})
     if stop < cfg.optim.epochs:
-        logger.close()
-        return {"stopped_after_epoch": stop}
-    if not metrics:  # resumed after the last epoch: evaluate the final weights again
+        print(f"stopped after epoch {stop} (runtime.stop_after); continue with --resume")
+        return {"stopped": True, "epoch": stop}
+    if not metrics:  # resumed after the last epoch: evaluate the final weights
         metrics = task.evaluate(model.eval(), device)
     save_full_model(run / "model.safetensors", model)
-    logger.log({"event": "test", "stage": task.name, "split": cfg.data.val_split, "epoch": cfg.optim.epochs,
-                **{f"test_{k}": v for k, v in metrics.items()}})
-    logger.close()
-    summary = {"task": task.name, "epochs": cfg.optim.epochs, "split": cfg.data.val_split, "final": metrics,
-               "train_images": len(task.train_set), "seconds_this_invocation": round(time.time() - t0, 2),
-               "params": sum(p.numel() for p in model.parameters()),
-               "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    test = {f"test_{k}": v for k, v in metrics.items()}
+    logger.log({"event": "test", "stage": task.name, "split": cfg.data.val_split, "epoch": cfg.optim.epochs, **test})
+    summary = _summary(task, cfg, model, test)
     atomic_write_json(run / "summary.json", summary)
     return summary
+
+
+def _summary(task: DenseTask, cfg, model: nn.Module, test: dict) -> dict:
+    """Final figures; ``test_*`` are measured on the validation split with the final weights
+    (COCO and ADE20K publish no test labels), never the best epoch."""
+    return {"stage": task.name, "model": cfg.model.name, "pretrained": cfg.model.pretrained, "init": cfg.init,
+            "trainable_blocks": cfg.trainable.blocks, "epochs": cfg.optim.epochs, "split": cfg.data.val_split,
+            "train_images": len(task.train_set), "params": sum(p.numel() for p in model.parameters()),
+            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "classes": list(task.classes), **test, "final": {k[5:]: v for k, v in test.items()}}
+
+
+def load_dense_model(run: str | Path) -> tuple[nn.Module, DetectConfig | SegmentConfig, list[str]]:
+    """Rebuild a finished dense run: ``(Detector or Segmenter in eval mode, config, class names)``.
+
+    The architecture is rebuilt from the saved config without reading pretrained weights, then every
+    tensor comes from ``model.safetensors``.
+    """
+    run = Path(run)
+    for f in ("config.yaml", "summary.json", "model.safetensors"):
+        if not (run / f).is_file():
+            raise Lm2vError(f"{run} is not a finished dense run (no {f})")
+    summary = json.loads((run / "summary.json").read_text())
+    if summary.get("stage") not in ("detect", "segment"):
+        raise Lm2vError(f"{run} is a {summary.get('stage')!r} run, not detect or segment")
+    cls = DetectConfig if summary["stage"] == "detect" else SegmentConfig
+    cfg = config_from_dict(cls, yaml.safe_load((run / "config.yaml").read_text()))
+    model_cfg = copy.deepcopy(cfg.model)
+    model_cfg.pretrained = False
+    backbone, K = create_backbone(model_cfg), len(summary["classes"])
+    model = Detector(backbone, K, cfg.head) if cls is DetectConfig else Segmenter(backbone, K, cfg.head)
+    load_full_model(run / "model.safetensors", model)
+    return model.eval(), cfg, summary["classes"]
 
 
 def run_dense(cfg: DetectConfig | SegmentConfig, out: str | Path, resume: bool = False, overwrite: bool = False,
@@ -279,6 +325,7 @@ def run_dense(cfg: DetectConfig | SegmentConfig, out: str | Path, resume: bool =
     """Check ``cfg``, prepare ``out`` (unless ``prepared``), build the task, train, return the summary."""
     check_dense_config(cfg)
     run = prepared or prepare_run_dir(out, resume=resume, overwrite=overwrite)
+    save_config(cfg, run / "config.yaml")  # marks the folder as a run even if building fails
     task = detection_task(cfg) if isinstance(cfg, DetectConfig) else segmentation_task(cfg)
     save_config(cfg, run / "config.yaml")  # after build: ``init`` may have filled in cfg.model
     return fit(task, cfg, run, resume)

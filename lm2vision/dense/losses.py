@@ -35,6 +35,7 @@ def set_loss_terms(logits: torch.Tensor, boxes: torch.Tensor, targets: list[dict
 
     logits (B, Q, K+1), boxes (B, Q, 4) normalised cxcywh, targets as in :func:`hungarian_match`.
     """
+    logits, boxes = logits.float(), boxes.float()  # fp32 losses under autocast
     B, Q, K1 = logits.shape
     costs = MatchCosts(cfg.cost_class, cfg.cost_bbox, cfg.cost_giou)
     indices = hungarian_match(logits.detach(), boxes.detach(), targets, costs)

@@ -39,6 +39,7 @@ class VisionEmbedder(nn.Module):
     def __init__(self, backbone: VisionBackbone, out_dim: int | None = None, seed: int = 0):
         super().__init__()
         self.backbone = backbone
+        self.out_width = out_dim or backbone.width  # O
         self.register_buffer("proj", _projection(backbone.width, out_dim, seed), persistent=False)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -67,10 +68,12 @@ def _is_causal(model: nn.Module) -> bool:
 class TextEmbedder(nn.Module):
     """Token ids (B, T) and mask (B, T) -> mean-pooled last hidden state (B, O) of a text model."""
 
-    def __init__(self, model: nn.Module, out_dim: int | None = None, seed: int = 0):
+    def __init__(self, model: nn.Module, out_dim: int | None = None, seed: int = 0, token_embeddings: bool = False):
         super().__init__()
         self.model = model
+        self.token_embeddings = token_embeddings
         self.causal = _is_causal(model)
+        self.out_width = out_dim or model.config.hidden_size  # O
         self.register_buffer("proj", _projection(model.config.hidden_size, out_dim, seed), persistent=False)
 
     def attention_mask(self, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -98,8 +101,12 @@ class TextEmbedder(nn.Module):
         return z if self.proj is None else z @ self.proj
 
     def ntk_names(self) -> list[str]:
-        """Parameters of the kernel: all trainable ones except a pooler the mean pooling never uses."""
-        return [n for n, p in self.named_parameters() if p.requires_grad and not n.startswith("model.pooler.")]
+        """Parameters of the kernel: the trainable ones, without a pooler the mean pooling never uses
+        and, unless ``token_embeddings``, without the token table (its Jacobian is sparse, one row per
+        caption token, yet dense in memory: half of MiniLM's parameters)."""
+        table = {id(p) for p in self.model.get_input_embeddings().parameters()}
+        return [n for n, p in self.named_parameters() if p.requires_grad and not n.startswith("model.pooler.")
+                and (self.token_embeddings or id(p) not in table)]
 
 
 # -- tokenisation --------------------------------------------------------------------------------
@@ -188,17 +195,18 @@ def _load_text_model(spec: str):
     return model, tokenizer
 
 
-def text_side(name: str, model: nn.Module, tokenizer, out_dim: int | None = 8, seed: int = 0) -> Side:
+def text_side(name: str, model: nn.Module, tokenizer, out_dim: int | None = 8, seed: int = 0,
+              token_embeddings: bool = False) -> Side:
     """A language side from an in-memory model: init = the same config freshly initialised (seed 0)."""
     from transformers import AutoModel
 
     torch.manual_seed(0)
     init = AutoModel.from_config(copy.deepcopy(model.config))
-    wrap = lambda m: TextEmbedder(m, out_dim, seed).eval()  # noqa: E731
+    wrap = lambda m: TextEmbedder(m, out_dim, seed, token_embeddings).eval()  # noqa: E731
     return Side(name, wrap(model), wrap(init), tokenizer=tokenizer)
 
 
-def load_language(spec: str, out_dim: int | None = 8, seed: int = 0) -> Side:
+def load_language(spec: str, out_dim: int | None = 8, seed: int = 0, token_embeddings: bool = False) -> Side:
     """A language side by hub id, local path, 'minilm' (offline) or a tiny alias."""
     model, tokenizer = _load_text_model(spec)
-    return text_side(spec, model, tokenizer, out_dim, seed)
+    return text_side(spec, model, tokenizer, out_dim, seed, token_embeddings)

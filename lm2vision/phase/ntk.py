@@ -64,7 +64,7 @@ class NTKConfig:
     chunk: int = 0
     proj_dim: int = 4096
     memory_budget: float = 2e9
-    vjp_max_work: float = 1e11
+    vjp_max_work: float = 1e9
     seed: int = 0
 
 
@@ -79,11 +79,13 @@ def check_ntk_config(cfg: NTKConfig) -> None:
 
 
 # -- functional view of a module ------------------------------------------------------------------
-def sample_fn(net: nn.Module, names: list[str] | None = None) -> tuple[SampleFn, Params]:
+def sample_fn(net: nn.Module, names: list[str] | None = None, detach: bool = True) -> tuple[SampleFn, Params]:
     """A per-sample function f(params, x_i) -> (O,) of ``net`` and the parameters to differentiate.
 
     ``names``: parameters of the kernel (default: those with ``requires_grad``). Every other
     parameter and buffer is held fixed. ``x_i`` is one sample (any pytree of tensors, no batch dim).
+    ``detach=False`` keeps the live parameters, so a kernel built from them can be backpropagated
+    (used by phase penalties).
     """
     named = dict(net.named_parameters())
     names = [n for n, p in named.items() if p.requires_grad] if names is None else list(names)
@@ -92,7 +94,7 @@ def sample_fn(net: nn.Module, names: list[str] | None = None) -> tuple[SampleFn,
         raise Lm2vError(f"no parameter named {missing[0]!r} in the model")
     if not names:
         raise Lm2vError("the NTK needs at least one parameter (none requires grad)")
-    params = {n: named[n].detach() for n in names}
+    params = {n: named[n].detach() if detach else named[n] for n in names}
     fixed = {n: p.detach() for n, p in named.items() if n not in params}
     fixed.update(dict(net.named_buffers()))
 
@@ -147,11 +149,22 @@ def choose_method(cfg: NTKConfig, n_params: int, out_dim: int, n1: int, n2: int)
 
 
 # -- per-sample Jacobians ------------------------------------------------------------------------
+@contextlib.contextmanager
+def math_attention() -> Iterator[None]:
+    """The math SDPA kernel: fused kernels have no vmap batching rule (slow fallback) and no jvp."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.MATH):
+        yield
+
+
 def jacobians(f: SampleFn, params: Params, x: Any, chunk: int) -> Iterator[Params]:
     """Per-sample Jacobians chunk by chunk: each a dict name -> (c, O, *param.shape)."""
     jac = vmap(jacrev(f), in_dims=(None, 0))
     for xc in _chunks(x, chunk):
-        yield jac(params, xc)
+        with math_attention():
+            out = jac(params, xc)
+        yield out
 
 
 def _flat(jac: Params) -> torch.Tensor:
@@ -175,13 +188,6 @@ def _ntk_jacobian(f, params, x1, x2, cfg, chunk) -> torch.Tensor:
 
 
 # -- NTK-vector products -------------------------------------------------------------------------
-@contextlib.contextmanager
-def forward_ad_attention() -> Iterator[None]:
-    """Forward-mode AD needs the math SDPA kernel (fused kernels have no jvp)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    with sdpa_kernel(SDPBackend.MATH):
-        yield
 
 
 def _jvp_rows(f: SampleFn, params: Params, tangents: Params, xc: Any) -> torch.Tensor:
@@ -197,7 +203,7 @@ def _jvp_rows(f: SampleFn, params: Params, tangents: Params, xc: Any) -> torch.T
 def _ntk_vjp(f, params, x1, x2, cfg, chunk) -> torch.Tensor:
     x2 = x1 if x2 is None else x2
     rows = []
-    with forward_ad_attention():
+    with math_attention():
         for jac in jacobians(f, params, x1, chunk):
             a, O = next(iter(jac.values())).shape[:2]
             tangents = {k: v.reshape(a * O, *v.shape[2:]) for k, v in jac.items()}  # (a*O, *shape)
@@ -266,12 +272,14 @@ def empirical_ntk_fn(f: SampleFn, params: Params, x1: Any, x2: Any = None,
 
 
 def empirical_ntk(net: nn.Module, x1: Any, x2: Any = None, cfg: NTKConfig | None = None,
-                  names: list[str] | None = None) -> torch.Tensor:
+                  names: list[str] | None = None, differentiable: bool = False) -> torch.Tensor:
     """Empirical NTK of ``net`` (batch (B, ...) -> (B, O)) over its parameters ``names``.
 
     Returns (N, M) for ``trace``, (N, M, O) for ``diagonal``, (N, M, O, O) for ``full``.
+    ``differentiable``: build the kernel from the live parameters so it can be backpropagated
+    (``jacobian`` and ``projection`` only).
     """
-    f, params = sample_fn(net, names)
+    f, params = sample_fn(net, names, detach=not differentiable)
     return empirical_ntk_fn(f, params, x1, x2, cfg)
 
 

@@ -15,11 +15,25 @@ CHAOTIC_BELOW = 0.5
 LAZY_FROM = 0.9
 
 
-def kernel_similarity(a: torch.Tensor, b: torch.Tensor) -> float:
-    """S = tr(A^T B) / (||A||_F ||B||_F) of two kernels of one shape (any contraction)."""
+def center(k: torch.Tensor) -> torch.Tensor:
+    """H K H with H = I - 11^T / N, for a square (N, N) kernel."""
+    if k.ndim != 2 or k.shape[0] != k.shape[1]:
+        raise Lm2vError(f"centring needs a square kernel, got {tuple(k.shape)}")
+    return k - k.mean(0, keepdim=True) - k.mean(1, keepdim=True) + k.mean()
+
+
+def kernel_similarity(a: torch.Tensor, b: torch.Tensor, centered: bool = False) -> float:
+    """S = tr(A^T B) / (||A||_F ||B||_F) of two kernels of one shape (any contraction).
+
+    ``centered``: the same on H A H and H B H (centred kernel alignment, as CKA). Not the seed's
+    definition; NTKs share a large constant part, which the uncentred S counts as agreement.
+    """
     if a.shape != b.shape:
         raise Lm2vError(f"kernels differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
-    a, b = a.detach().double().flatten(), b.detach().double().flatten()
+    a, b = a.detach().double(), b.detach().double()
+    if centered:
+        a, b = center(a), center(b)
+    a, b = a.flatten(), b.flatten()
     denom = a.norm() * b.norm()
     if denom == 0:
         raise Lm2vError("kernel similarity of an all-zero kernel is undefined")

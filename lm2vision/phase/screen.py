@@ -1,0 +1,291 @@
+"""Pair screening: phase numbers of every vision x language pair on paired image / caption samples.
+
+Paired inputs: N samples (image_i, caption_i) with caption_i = ``template.format(class of image_i)``.
+Theta_v is the NTK of the vision model on the images, Theta_l that of the language model on the
+captions, both N x N (trace contraction, over the first ``ntk_samples`` pairs); S_cross =
+S(Theta_v, Theta_l). Per model, S = S(Theta_now, Theta_init) (init: ``init.safetensors`` of a run
+directory, else the same architecture freshly initialised) and the AGOP of the (projected)
+embedding with respect to the input (image patches for vision, token embeddings for language).
+The alignment score fits vision -> language on half of the ``samples`` pairs and retrieves on the
+other half (a hit = a caption of the right class).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+import torch
+from tqdm import tqdm
+
+from ..data import DataConfig, ImageSet, cap_per_class, load_imageset_splits, preprocess_eval
+from ..errors import Lm2vError
+from .agop import Spectrum, agop, spectrum
+from .alignment import alignment_score
+from .encoders import Side, load_language, load_vision, tokenize
+from .ntk import NTKConfig, check_ntk_config, choose_method, empirical_ntk, num_samples
+from .similarity import kernel_similarity, phase_label
+
+
+@dataclass
+class ScreenConfig:
+    """What ``lm2v phase`` screens and how.
+
+    samples: paired samples for the alignment score; the first ``ntk_samples`` of them (a seeded,
+        class-balanced draw) give the NTK kernels and the first ``agop_samples`` the AGOP.
+    out_dim: the NTK/AGOP output is the pooled embedding times a fixed random (C, out_dim)
+        projection; null uses the full embedding.
+    token_embeddings: include the language model's token table in its NTK parameters (off: both
+        kernels are over the transformer stack, plus the patch embedding on the vision side).
+    image_size / patch_size: for backbones built by name (run directories carry their own).
+    """
+
+    vision: List[str] = field(default_factory=lambda: ["minilm"])
+    language: List[str] = field(default_factory=lambda: ["minilm"])
+    data: DataConfig = field(default_factory=DataConfig)
+    split: str = "test"
+    samples: int = 576
+    ntk_samples: int = 64
+    agop_samples: int = 64
+    out_dim: Optional[int] = 8
+    image_size: int = 32
+    patch_size: int = 4
+    template: str = "a photo of a {}"
+    token_embeddings: bool = False  # language NTK over the token table too (costly, see TextEmbedder)
+    ntk: NTKConfig = field(default_factory=NTKConfig)
+    agop_rel_tol: float = 1e-6
+    align_method: str = "ridge"
+    align_test_fraction: float = 0.5
+    ridge: float = 1.0
+    batch_size: int = 64
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass
+class ModelPhase:
+    """Phase numbers of one model on its side of the paired samples."""
+
+    name: str
+    side: str  # vision | language
+    s: float  # S(Theta_now, Theta_init)
+    method: str  # NTK method used
+    agop: Spectrum
+    theta: torch.Tensor  # (n, n) NTK on the paired inputs
+    z: torch.Tensor  # (N, C) embeddings for the alignment score
+
+    @property
+    def phase(self) -> str:
+        return phase_label(self.s)
+
+
+def check_screen_config(cfg: ScreenConfig) -> None:
+    """One-line errors for settings that cannot run."""
+    if not cfg.vision or not cfg.language:
+        raise Lm2vError("give at least one vision and one language model")
+    if cfg.split not in ("train", "val", "test"):
+        raise Lm2vError(f"split must be train, val or test, got {cfg.split!r}")
+    if not 2 <= cfg.ntk_samples <= cfg.samples or not 1 <= cfg.agop_samples <= cfg.samples:
+        raise Lm2vError("need 2 <= ntk_samples <= samples and 1 <= agop_samples <= samples")
+    if cfg.out_dim is not None and cfg.out_dim < 1:
+        raise Lm2vError(f"out_dim must be >= 1 or null, got {cfg.out_dim}")
+    check_ntk_config(cfg.ntk)
+    if cfg.align_method not in ("ridge", "cca"):
+        raise Lm2vError(f"align_method must be ridge or cca, got {cfg.align_method!r}")
+    if "{}" not in cfg.template:
+        raise Lm2vError(f"template must contain {{}} for the class name, got {cfg.template!r}")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise Lm2vError(f"device {name} requested but CUDA is not available")
+    return torch.device(name)
+
+
+# -- paired samples ------------------------------------------------------------------------------
+@dataclass
+class Pairs:
+    """N images (uint8) with their captions and class labels, in a seeded, class-mixed order."""
+
+    images: torch.Tensor  # (N, 3, H, W) uint8
+    labels: torch.Tensor  # (N,)
+    captions: list[str]
+
+
+def paired_samples(images: ImageSet, n: int, template: str, seed: int) -> Pairs:
+    """A class-balanced, seeded draw of ``n`` images and their class-name captions."""
+    if len(images) < n:
+        raise Lm2vError(f"asked for {n} samples, the split has {len(images)}")
+    idx = cap_per_class(images.labels, math.ceil(n / images.num_classes), seed)
+    idx = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed))][:n]
+    if len(idx) < n:
+        raise Lm2vError(f"cannot draw {n} class-balanced samples from {len(images)} images")
+    labels = images.labels[idx]
+    captions = [template.format(images.classes[int(y)].replace("_", " ")) for y in labels]
+    return Pairs(images.images[idx], labels, captions)
+
+
+def load_pairs(cfg: ScreenConfig) -> Pairs:
+    splits = load_imageset_splits(cfg.data)
+    return paired_samples(getattr(splits, cfg.split), cfg.samples, cfg.template, cfg.seed)
+
+
+# -- per-model numbers ---------------------------------------------------------------------------
+def _slice(x: Any, n: int) -> Any:
+    return tuple(t[:n] for t in x) if isinstance(x, tuple) else x[:n]
+
+
+@torch.no_grad()
+def _embed(side: Side, x: Any, batch: int) -> torch.Tensor:
+    n = num_samples(x)
+    out = []
+    for s in range(0, n, batch):
+        xb = tuple(t[s:s + batch] for t in x) if isinstance(x, tuple) else x[s:s + batch]
+        out.append(side.now.embed(*xb) if isinstance(xb, tuple) else side.now.embed(xb))
+    return torch.cat(out).float().cpu()  # (N, C)
+
+
+def _kernels(side: Side, x: Any, cfg: ScreenConfig) -> tuple[torch.Tensor, torch.Tensor, str]:
+    xn = _slice(x, cfg.ntk_samples)
+    names = side.now.ntk_names()
+    ntk_cfg = NTKConfig(**{**cfg.ntk.__dict__, "contraction": "trace"})
+    P = sum(p.numel() for n, p in side.now.named_parameters() if n in set(names))
+    O = side.now.out_width
+    method = choose_method(ntk_cfg, P, O, cfg.ntk_samples, cfg.ntk_samples)
+    theta = empirical_ntk(side.now, xn, cfg=ntk_cfg, names=names)
+    theta0 = empirical_ntk(side.init, xn, cfg=ntk_cfg, names=side.init.ntk_names())
+    return theta.double().cpu(), theta0.double().cpu(), method
+
+
+def _input_agop(side: Side, x: Any, cfg: ScreenConfig) -> Spectrum:
+    xa = _slice(x, cfg.agop_samples)
+    if side.tokenizer is None:  # vision: AGOP over the backbone's image patches
+        m = agop(side.now, xa, patch_size=side.patch_size)
+    else:  # language: AGOP over token input embeddings
+        ids, mask = xa
+        with torch.no_grad():
+            embeds = side.now.model.get_input_embeddings()(ids)
+        m = agop(lambda e: side.now.project(side.now.embed_tokens(e, mask)), embeds)
+    return spectrum(m.cpu(), cfg.agop_rel_tol)
+
+
+def model_phase(side: Side, kind: str, x: Any, cfg: ScreenConfig) -> ModelPhase:
+    """Kernel, stability, AGOP spectrum and embeddings of one model on its inputs ``x``."""
+    z = _embed(side, x, cfg.batch_size)
+    theta, theta0, method = _kernels(side, x, cfg)
+    return ModelPhase(side.name, kind, kernel_similarity(theta, theta0), method, _input_agop(side, x, cfg), theta, z)
+
+
+def vision_inputs(side: Side, pairs: Pairs, data: DataConfig, device: torch.device) -> torch.Tensor:
+    return preprocess_eval(pairs.images, side.image_size, data).to(device)  # (N, 3, S, S)
+
+
+def language_inputs(side: Side, pairs: Pairs, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    ids, mask = tokenize(side.tokenizer, pairs.captions)
+    return ids.to(device), mask.to(device)
+
+
+# -- pairs ---------------------------------------------------------------------------------------
+def pair_row(v: ModelPhase, lang: ModelPhase, labels: torch.Tensor, cfg: ScreenConfig) -> dict:
+    """One table row: per-model S and AGOP ratio, S_cross, alignment top-1 and the pair's phase."""
+    s_cross = kernel_similarity(v.theta, lang.theta)
+    align = alignment_score(v.z, lang.z, groups=labels, method=cfg.align_method,
+                            test_fraction=cfg.align_test_fraction, ridge=cfg.ridge, seed=cfg.seed)
+    return {
+        "vision": v.name, "language": lang.name,
+        "S_v": v.s, "phase_v": v.phase, "S_l": lang.s, "phase_l": lang.phase,
+        "S_cross": s_cross, "phase": phase_label(s_cross),
+        "S_cross_centered": kernel_similarity(v.theta, lang.theta, centered=True),
+        "agop_ratio_v": v.agop.ratio, "agop_ratio_l": lang.agop.ratio,
+        "align_top1": align.top1, "align_chance": align.chance,
+    }
+
+
+def screen(cfg: ScreenConfig, pairs: Pairs | None = None, progress: bool = True) -> tuple[list[dict], dict]:
+    """Screen every vision x language pair; returns the table rows and per-model details."""
+    check_screen_config(cfg)
+    device = resolve_device(cfg.device)
+    pairs = pairs or load_pairs(cfg)
+    models: dict[str, ModelPhase] = {}
+    bar = tqdm(total=len(cfg.vision) + len(cfg.language), desc="phase", disable=not progress)
+    for name in cfg.vision:
+        side = load_vision(name, cfg.image_size, cfg.patch_size, cfg.out_dim, cfg.seed)
+        side.now.to(device), side.init.to(device)
+        models[f"vision:{name}"] = model_phase(side, "vision", vision_inputs(side, pairs, cfg.data, device), cfg)
+        bar.update()
+    for name in cfg.language:
+        side = load_language(name, cfg.out_dim, cfg.seed, cfg.token_embeddings)
+        side.now.to(device), side.init.to(device)
+        models[f"language:{name}"] = model_phase(side, "language", language_inputs(side, pairs, device), cfg)
+        bar.update()
+    bar.close()
+    rows = [pair_row(models[f"vision:{v}"], models[f"language:{lang}"], pairs.labels, cfg)
+            for v in cfg.vision for lang in cfg.language]
+    return rows, {k: model_details(m) for k, m in models.items()}
+
+
+def model_details(m: ModelPhase) -> dict:
+    """JSON-ready numbers of one model (AGOP spectrum included)."""
+    return {"name": m.name, "side": m.side, "S": m.s, "phase": m.phase, "ntk_method": m.method,
+            "ntk_trace": float(torch.trace(m.theta)), "agop_ratio": m.agop.ratio,
+            "agop_effective_rank": m.agop.effective_rank, "agop_rel_tol": m.agop.rel_tol,
+            "agop_num_kept": m.agop.num_kept, "agop_eigenvalues": m.agop.eigenvalues}
+
+
+# -- output --------------------------------------------------------------------------------------
+COLUMNS = ["vision", "language", "S_v", "phase_v", "S_l", "phase_l", "S_cross", "phase", "S_cross_centered",
+           "agop_ratio_v", "agop_ratio_l", "align_top1", "align_chance"]
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3e}" if v != 0 and (abs(v) >= 1e4 or abs(v) < 1e-3) else f"{v:.3f}"
+    return str(v)
+
+
+def to_markdown(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_fmt(r[c]) for c in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows({c: r[c] for c in COLUMNS} for r in rows)
+    return buf.getvalue()
+
+
+def plot_landscape(rows: list[dict], path) -> None:
+    """Phase landscape: S_cross against the language model's AGOP ratio, coloured by alignment."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for lo, hi, name, colour in ((0, 0.5, "chaotic", "#f4cccc"), (0.5, 0.9, "optimal", "#d9ead3"), (0.9, 1.05, "lazy", "#cfe2f3")):
+        ax.axhspan(lo, hi, color=colour, alpha=0.6, lw=0)
+        ax.text(0.01, (lo + min(hi, 1.0)) / 2, name, transform=ax.get_yaxis_transform(), va="center", fontsize=8)
+    x = [max(r["agop_ratio_l"], 1.0) if math.isfinite(r["agop_ratio_l"]) else 1.0 for r in rows]
+    sc = ax.scatter(x, [r["S_cross"] for r in rows], c=[r["align_top1"] for r in rows], cmap="viridis",
+                    vmin=0, vmax=1, edgecolors="k", zorder=3)
+    for xi, r in zip(x, rows):
+        ax.annotate(f"{r['vision']} x {r['language']}", (xi, r["S_cross"]), fontsize=7, xytext=(4, 4),
+                    textcoords="offset points")
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    lo, hi = min(x), max(x)
+    ax.set_xlim(lo / 3, hi * 3)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("language-model AGOP ratio (largest / smallest non-negligible eigenvalue)")
+    ax.set_ylabel("S_cross = S(Theta_v, Theta_l)")
+    fig.colorbar(sc, ax=ax, label="alignment top-1 (held out)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

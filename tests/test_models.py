@@ -1,0 +1,167 @@
+"""Backbone adapter: every family of the architecture table, built from tiny in-memory configs."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import FAMILIES
+from lm2vision.errors import Lm2vError
+from lm2vision.models import (ModelConfig, TrainableSpec, apply_trainable, create_backbone, parse_blocks,
+                              select_parameters, trainable_summary)
+
+
+def tiny(name: str, **kw):
+    return create_backbone(ModelConfig(name=name, pretrained=False, dropout=0.0, **kw))
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("size,patch", [(32, 4), (32, 8), (48, 16)])
+def test_shapes_and_finite(name, size, patch):
+    m = tiny(name, image_size=size, patch_size=patch, num_classes=7)
+    x = torch.randn(3, 3, size, size)
+    tokens = m.forward_features(x)
+    T = (size // patch) ** 2
+    assert tokens.shape == (3, T, m.width) and m.num_tokens == T
+    assert m.forward_head(tokens, pre_logits=True).shape == (3, m.width)
+    logits = m(x)
+    assert logits.shape == (3, 7) and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_defaults_follow_the_family(name):
+    m = tiny(name)
+    causal = name != "tiny-bert"
+    assert m.causal is causal
+    assert m.pooling == ("last" if causal else "mean")  # the paper's last token for causal models
+    assert m.positions == ("model" if name in ("tiny-gpt2", "tiny-bert") else "none")
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-bert", "tiny-llama"])
+@pytest.mark.parametrize("attention", ["causal", "bidirectional"])
+def test_attention_mode_controls_what_token0_sees(name, attention):
+    """Causal: the first token ignores later patches; bidirectional: it sees them. Same in eager."""
+    x = torch.randn(1, 3, 32, 32)
+    x2 = x.clone()
+    x2[..., 16:, :] += 1.0  # change only the lower half (later tokens)
+    outs = {}
+    for impl in ("sdpa", "eager"):
+        m = tiny(name, attention=attention, attn_implementation=impl).eval()
+        f1, f2 = m.forward_features(x), m.forward_features(x2)
+        moved = (f1[0, 0] - f2[0, 0]).abs().max().item()
+        assert (moved > 1e-4) == (attention == "bidirectional")
+        outs[impl] = f1
+    torch.testing.assert_close(outs["sdpa"], outs["eager"], atol=1e-5, rtol=1e-4)
+
+
+def test_positions_modes():
+    learned = tiny("tiny-gpt2", positions="learned")
+    assert learned.pos_embed is not None and learned.pos_embed.shape == (1, 64, 32)
+    assert float(learned.lm.wpe.weight.abs().sum()) == 0.0  # the model's own table is switched off
+    assert "lm.wpe.weight" not in sum(learned.layer_groups().values(), [])
+    model_pos = tiny("tiny-gpt2", positions="model")
+    assert model_pos.pos_embed is None and float(model_pos.lm.wpe.weight.abs().sum()) > 0
+    with pytest.raises(Lm2vError, match="rotary"):
+        tiny("tiny-llama", positions="model")
+
+
+def test_pooling_modes_pick_the_right_token():
+    m = tiny("tiny-bert", pooling="first")
+    t = torch.arange(2 * 4 * 3, dtype=torch.float32).view(2, 4, 3)
+    assert torch.equal(m.pool(t), t[:, 0])
+    m.pooling = "last"
+    assert torch.equal(m.pool(t), t[:, -1])
+    m.pooling = "mean"
+    assert torch.equal(m.pool(t), t.mean(1))
+
+
+# selector -> expected trainable groups, for a 2-block model. Table-driven as peft's tests.
+SELECTORS = [
+    (TrainableSpec(blocks="all"), {"block.0", "block.1", "patch", "pos", "final_norm", "head"}),
+    (TrainableSpec(blocks="first:1", groups=["head"]), {"block.0", "head"}),
+    (TrainableSpec(blocks="last:1", groups=["patch"]), {"block.1", "patch"}),
+    (TrainableSpec(blocks="1", groups=[]), {"block.1"}),
+    (TrainableSpec(blocks="none", groups=["patch", "pos", "norm", "head"]), {"patch", "pos", "norm", "head"}),
+    (TrainableSpec(blocks="all", parts=["attn"], groups=[]), {"attn"}),
+    (TrainableSpec(blocks="first:1", parts=["mlp"], groups=["head"]), {"mlp@0", "head"}),
+]
+
+
+def _expected_names(model, wanted: set[str]) -> set[str]:
+    groups = model.layer_groups()
+    names: set[str] = set()
+    for w in wanted:
+        if "@" in w:  # part within one block
+            part, block = w.split("@")
+            names |= set(groups[part]) & set(groups[f"block.{block}"])
+        else:
+            names |= set(groups[w])
+    return names
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("spec,wanted", SELECTORS)
+def test_exactly_the_selected_parameters_receive_gradients(name, spec, wanted):
+    m = tiny(name, positions="learned" if name in ("tiny-llama", "tiny-qwen2", "tiny-qwen3") else "auto")
+    chosen = apply_trainable(m, spec)
+    expected = _expected_names(m, wanted)
+    assert chosen == expected and expected
+    m.zero_grad()
+    F.cross_entropy(m(torch.randn(2, 3, 32, 32)), torch.tensor([1, 2])).backward()
+    got = {n for n, p in m.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert got == expected
+
+
+def test_block_selector_parsing_and_errors():
+    assert parse_blocks("all", 6) == [0, 1, 2, 3, 4, 5]
+    assert parse_blocks("first:2", 6) == [0, 1]
+    assert parse_blocks("last:2", 6) == [4, 5]
+    assert parse_blocks("5,0,1", 6) == [0, 1, 5]
+    assert parse_blocks("none", 6) == []
+    with pytest.raises(Lm2vError, match="asks for 7 blocks but the model has 6"):
+        parse_blocks("first:7", 6)
+    with pytest.raises(Lm2vError, match="out of range"):
+        parse_blocks("0,6", 6)
+    with pytest.raises(Lm2vError, match="bad block selector"):
+        parse_blocks("firsts", 6)
+    with pytest.raises(Lm2vError, match="unknown group"):
+        select_parameters({"block.0": []}, TrainableSpec(blocks="none", groups=["attention"]), 1)
+
+
+def test_trainable_summary_counts():
+    m = tiny("tiny-gpt2")
+    apply_trainable(m, TrainableSpec(blocks="none", groups=["head"]))
+    first = trainable_summary(m).splitlines()[0]
+    assert first.startswith("trainable params: 330 /")  # head: 32 * 10 + 10
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(image_size=30, patch_size=4), "not divisible"),
+    (dict(pooling="max"), "pooling"),
+    (dict(attention="sparse"), "attention"),
+    (dict(name="/no/such/model/dir"), "cannot load model"),
+    (dict(name="tiny-gpt2", image_size=256, patch_size=4), "exceed the model's 256 positions"),
+])
+def test_bad_model_configs_are_one_line_errors(kw, match):
+    cfg = dict(name="tiny-gpt2", pretrained=False) | kw
+    with pytest.raises(Lm2vError, match=match) as e:
+        create_backbone(ModelConfig(**cfg))
+    assert "\n" not in str(e.value)
+
+
+def test_tiny_configs_have_no_pretrained_weights():
+    with pytest.raises(Lm2vError, match="pretrained=false"):
+        create_backbone(ModelConfig(name="tiny-bert", pretrained=True))
+
+
+def test_pretrained_from_local_directory_roundtrip(tmp_path):
+    """A saved Hugging Face model loads by path; scratch with the same path differs from it."""
+    from transformers import GPT2Config, GPT2Model
+
+    torch.manual_seed(3)
+    GPT2Model(GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=128, vocab_size=16)).save_pretrained(tmp_path)
+    pre = create_backbone(ModelConfig(name=str(tmp_path), pretrained=True))
+    scratch = create_backbone(ModelConfig(name=str(tmp_path), pretrained=False))
+    ref = GPT2Model.from_pretrained(tmp_path)
+    torch.testing.assert_close(pre.lm.h[0].attn.c_attn.weight, ref.h[0].attn.c_attn.weight)
+    assert not torch.allclose(scratch.lm.h[0].attn.c_attn.weight, ref.h[0].attn.c_attn.weight)
