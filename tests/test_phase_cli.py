@@ -81,13 +81,3 @@ def test_phase_bad_input_exits_2(tmp_path, capsys):
     assert main(base + ["--out", str(tmp_path / "d"), "--samples", "5000"]) == 2  # more than the split holds
     err = capsys.readouterr().err
     assert "lm2v phase: error:" in err and "ntk method" in err and "cannot load language model" in err
-
-
-def test_phase_minilm_offline(tmp_path, capsys):
-    """The bundled MiniLM on both sides (vision through create_backbone), offline; the slow test (~30-60 s)."""
-    out = tmp_path / "m"
-    assert main(["phase", "--vision", "minilm", "--language", "minilm", "--out", str(out), *SMALL, "out_dim=4"]) == 0
-    (row,) = _rows(out)
-    assert 0 < float(row["S_v"]) < 1 and 0 < float(row["S_l"]) < 1  # pretrained != fresh init
-    assert 0 < float(row["S_cross"]) <= 1 and float(row["agop_ratio_l"]) > 1
-    assert "| minilm | minilm |" in capsys.readouterr().out

@@ -200,10 +200,12 @@ def plot_weight_histograms(
     centers = 0.5 * (edges[1:] + edges[:-1])
     fig, ax = new_figure()
     out = {}
-    for label, ws in models.items():
+    styles = ["-", "--", "-.", ":"]
+    for i, (label, ws) in enumerate(models.items()):
         counts = histogram(ws, edges)
         out[label] = counts.tolist()
-        ax.step(centers.numpy(), counts.clamp(min=0.5).numpy(), where="mid", label=label)
+        ax.step(centers.numpy(), counts.clamp(min=0.5).numpy(), where="mid", label=label,
+                ls=styles[i % len(styles)], lw=2.0 if i == 0 else 1.2, alpha=0.85)
     for s in (-threshold, threshold):
         ax.axvline(s, color="gray", ls=":", lw=1)
     ax.set(yscale="log", xlabel="weight value", ylabel="count (log)", title="Weight histograms")

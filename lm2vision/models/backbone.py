@@ -69,6 +69,19 @@ class PatchEmbed(nn.Module):
         return self.proj.weight.flatten(1)
 
 
+def enable_checkpointing(lm: nn.Module) -> None:
+    """Recompute each block's activations in the backward pass instead of storing them.
+
+    Always non-reentrant: the reentrant form (the default of transformers 4.x) gives the blocks no
+    gradient when their input needs none (a frozen patch embedding), and torch.compile traces it.
+    """
+    kwargs = {"use_reentrant": False}
+    if hasattr(lm, "activation_checkpointing_enable"):  # transformers >= 5.2x; the old name warns there
+        lm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def _get(module: nn.Module, path: str) -> nn.Module:
     for part in path.split("."):
         module = getattr(module, part)
@@ -97,7 +110,7 @@ class VisionBackbone(nn.Module):
         self.reset_patch_embed()
         self.reset_classifier(cfg.num_classes)
         if cfg.gradient_checkpointing:
-            self.lm.gradient_checkpointing_enable()
+            enable_checkpointing(self.lm)
 
     # -- construction helpers -------------------------------------------------------------
     def _check_positions(self) -> None:

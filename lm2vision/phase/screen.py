@@ -129,9 +129,16 @@ def paired_samples(images: ImageSet, n: int, template: str, seed: int) -> Pairs:
     return Pairs(images.images[idx], labels, captions)
 
 
+_SPLITS: dict[str, Any] = {}  # decoded datasets of this process, by their config (decoding takes seconds)
+
+
 def load_pairs(cfg: ScreenConfig) -> Pairs:
-    splits = load_imageset_splits(cfg.data)
-    return paired_samples(getattr(splits, cfg.split), cfg.samples, cfg.template, cfg.seed)
+    """The paired samples of ``cfg`` from its dataset split."""
+    key = repr(cfg.data)
+    if key not in _SPLITS:
+        _SPLITS.clear()
+        _SPLITS[key] = load_imageset_splits(cfg.data)
+    return paired_samples(getattr(_SPLITS[key], cfg.split), cfg.samples, cfg.template, cfg.seed)
 
 
 # -- per-model numbers ---------------------------------------------------------------------------

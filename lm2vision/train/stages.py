@@ -87,6 +87,7 @@ def run_stage(cfg: RunConfig, out: str | Path, resume: bool = False, overwrite: 
         splits = load_imageset_splits(cfg.data)
         model = prepare_model(cfg, splits.train.num_classes).to(rt.device)
         _say(rt, f"[{cfg.stage}] {cfg.model.name} ({'pretrained' if cfg.model.pretrained else 'scratch'}) -> {run}\n"
+                 f"runtime: {rt.device}, {rt.world_size} process(es), amp {rt.amp_dtype or 'off'}\n"
              f"data: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test, "
              f"{splits.train.num_classes} classes\n{trainable_summary(model)}")
         if rt.is_main and not resume:

@@ -1,0 +1,69 @@
+"""``lm2v`` end to end in-process: exit codes, one-line errors, the demo on a reduced setting."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import TINY_RUN
+from lm2vision.cli.main import main
+
+
+def test_bridge_then_probe_from_the_command_line(tmp_path, capsys):
+    assert main(["bridge", "--out", str(tmp_path / "b"), *TINY_RUN, "trainable.blocks=first:1"]) == 0
+    assert main(["probe", "--out", str(tmp_path / "p"), "--init", str(tmp_path / "b"), *TINY_RUN,
+                 "probe.mode=linear", "probe.linear_epochs=3"]) == 0
+    out = capsys.readouterr().out
+    assert "trainable params" in out and "probe done: test acc" in out
+    assert json.loads((tmp_path / "p" / "summary.json").read_text())["init"] == str(tmp_path / "b")
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["bridge", "labels.ratio=2"], "labels.ratio must be in [0, 1]"),
+    (["bridge", "trainable.blocks=first:3"], "asks for 3 blocks but the model has 2"),
+    (["train", "model.image_size=30"], "not divisible"),
+    (["train", "model.name=/nonexistent/model"], "cannot load model"),
+    (["train", "data.dataset=/nonexistent/data"], "/nonexistent/data"),
+    (["train", "nosuchkey=1"], "bad config"),
+    (["train", "model.pooling"], "key=value"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, match):
+    code = main([argv[0], "--out", str(tmp_path / "r"), *TINY_RUN, *argv[1:]])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and match in err, err
+
+
+def test_existing_run_refused_without_resume_or_overwrite(tmp_path, capsys):
+    argv = ["train", "--out", str(tmp_path / "r"), *TINY_RUN, "optim.epochs=1"]
+    assert main(argv) == 0
+    assert main(argv) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(argv + ["--overwrite"]) == 0
+
+
+def test_grid_runs_every_cell_and_prints_one_table(tmp_path, capsys):
+    code = main(["grid", "--out", str(tmp_path / "g"), "--sweep", "labels.ratio=[0.0,1.0]",
+                 "--sweep", "trainable.blocks=[all,first:1]", *TINY_RUN, "optim.epochs=1", "probe.linear_epochs=2"])
+    assert code == 0
+    rows = json.loads((tmp_path / "g" / "summary.json").read_text())
+    assert len(rows) == 4
+    assert {(r["labels.ratio"], r["trainable.blocks"]) for r in rows} == {(0.0, "all"), (0.0, "first:1"),
+                                                                         (1.0, "all"), (1.0, "first:1")}
+    assert all(0 <= r["probe test acc"] <= 1 for r in rows)
+    assert "| labels.ratio | trainable.blocks |" in capsys.readouterr().out
+
+
+def test_demo_end_to_end_reduced(tmp_path, capsys):
+    """The main job on MiniLM with a handful of images: four cells, a table and a plot."""
+    code = main(["demo", "--out", str(tmp_path / "d"), "data.max_train_per_class=6", "data.max_test_per_class=3",
+                 "data.val_fraction=0.34", "bridge_epochs=1", "batch_size=16", "probe.linear_epochs=3",
+                 "runtime.progress=false", "runtime.tensorboard=false"])
+    assert code == 0
+    out = capsys.readouterr().out
+    for name in ("pretrained_direct", "pretrained_bridged", "scratch_direct", "scratch_bridged"):
+        assert name in out
+        assert (tmp_path / "d" / name / "summary.json").is_file()
+    assert (tmp_path / "d" / "curves.png").stat().st_size > 10_000
+    table = (tmp_path / "d" / "results.md").read_text()
+    assert table.count("\n") == 6  # header, rule, four rows

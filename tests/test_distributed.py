@@ -1,0 +1,57 @@
+"""Two processes under torchrun (gloo, CPU) give the result of one process with the same global batch."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import TINY_RUN
+from lm2vision.train import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _lm2v(args: list[str], nproc: int) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "lm2vision.cli.main", *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
+               f"--master-port={_free_port()}", "-m", "lm2vision.cli.main", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("stage_args", [["train"], ["bridge", "labels.ratio=0.5"]])
+def test_two_gloo_processes_match_one_process(tmp_path, stage_args):
+    over = [o for o in TINY_RUN if not o.startswith("optim.epochs")] + ["optim.epochs=2", "optim.batch_size=16"]
+    results = {}
+    for nproc in (1, 2):
+        out = tmp_path / f"np{nproc}"
+        proc = _lm2v([stage_args[0], "--out", str(out), *over, *stage_args[1:]], nproc)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert f"{nproc} process(es)" in proc.stdout + proc.stderr
+        results[nproc] = (load_file(str(out / "model.safetensors")), read_metrics(out))
+    (w1, m1), (w2, m2) = results[1], results[2]
+    assert w1.keys() == w2.keys()
+    moved = 0
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], atol=2e-5, rtol=1e-4, msg=k)
+    init = load_file(str(tmp_path / "np1" / "init.safetensors"))
+    moved = sum(not torch.equal(init[k], w1[k]) for k in init)
+    assert moved == len(init)  # the comparison is about trained weights, not untouched ones
+    for a, b in zip(m1, m2):
+        for key in ("train_loss", "train_acc", "val_acc", "test_acc"):
+            if key in a:
+                assert b[key] == pytest.approx(a[key], abs=1e-4), key
