@@ -1,7 +1,8 @@
 """Time and memory of the three empirical-NTK methods (lm2vision.phase.ntk) per model size and N.
 
 Each configuration runs in a forked child so that its peak memory is its own: CUDA peak allocated
-memory on a GPU, peak resident-set growth on CPU. The error column is the relative Frobenius
+memory on a GPU, peak resident-set growth on CPU (after a 2-sample warm-up call, which is not
+timed). The error column is the relative Frobenius
 distance to the exact (jacobian or vjp) kernel of the same run, when one was computed.
 
 Examples::
@@ -62,6 +63,7 @@ def _child(args, model: str, n: int, method: str, queue) -> None:
     x = make_x(n).to(device)
     n_params = sum(p.numel() for k, p in net.named_parameters() if names is None or k in set(names))
     cfg = NTKConfig(method=method, proj_dim=args.proj_dim, memory_budget=args.memory_budget, chunk=args.chunk)
+    empirical_ntk(net, x[:2], cfg=cfg, names=names)  # warm-up: first torch.func calls trace and allocate
     base = _rss_mb()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()

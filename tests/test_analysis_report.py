@@ -72,6 +72,9 @@ def test_analyze_writes_every_section(tiny_run, tmp_path, monkeypatch, capsys):
     numbers = json.loads((out / "analysis.json").read_text())
     models = [r["model"] for r in numbers["Weight statistics"]["overall"]]
     assert models == ["run (final)", "scratch", str(vit_dir), "tiny-gpt2@scratch", "run (trainable only)"]
+    by_block = {r["block"]: r for r in numbers["Weight statistics"]["abs outlier share per block, all models"]}
+    assert set(by_block) == {"block.0", "block.1", "other"}
+    assert by_block["block.0"]["scratch"] == 0.0  # fresh BERT init: N(0, 0.02), LayerNorm weights exactly 1
     land = numbers["Loss landscape"]["landscape"][0]
     assert land["grid"] == "3x3" and land["samples"] == 30
     assert land["loss_min"] <= land["loss_centre"] <= land["loss_max"]

@@ -57,6 +57,9 @@ def test_phase_tiny_models_and_run_dir(tmp_path, capsys):
     assert 0.1 <= float(scratch["align_chance"]) <= 0.2 and 0 <= float(scratch["align_top1"]) <= 1
     details = json.loads((out / "results.json").read_text())
     assert details["models"][f"vision:{run}"]["ntk_method"] == "jacobian"
+    for key in ("vision:tiny-bert", "language:tiny-gpt2"):  # per-block AGOP (tiny models have 2 blocks)
+        ratios = details["models"][key]["agop_layer_ratios"]
+        assert sorted(ratios) == ["block.0", "block.1"] and all(r >= 1.0 for r in ratios.values())
     assert (out / "phase_landscape.png").stat().st_size > 1000 and (out / "table.md").is_file()
 
     # S_cross recomputed independently from the same paired samples

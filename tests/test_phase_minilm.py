@@ -7,7 +7,7 @@ from lm2vision.cli.main import main
 def test_phase_minilm_offline(tmp_path, capsys):
     """The bundled MiniLM on both sides (vision through create_backbone), offline; the slow test (~30-60 s)."""
     out = tmp_path / "m"
-    assert main(["phase", "--vision", "minilm", "--language", "minilm", "--out", str(out), "--samples", "40", "--ntk-samples", "6", "--agop-samples", "4", "--no-progress", "out_dim=4"]) == 0
+    assert main(["phase", "--vision", "minilm", "--language", "minilm", "--out", str(out), "--samples", "30", "--ntk-samples", "4", "--agop-samples", "2", "--no-progress", "out_dim=4"]) == 0
     with open(out / "table.csv") as f:
         (row,) = list(csv.DictReader(f))
     assert 0 < float(row["S_v"]) < 1 and 0 < float(row["S_l"]) < 1  # pretrained != fresh init

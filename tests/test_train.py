@@ -162,3 +162,18 @@ def test_warmup_cosine_schedule_known_values():
     assert lr_at(9, 100, 10, 1.0, 0.0) == pytest.approx(1.0)
     assert lr_at(55, 100, 10, 1.0, 0.0) == pytest.approx(0.5)  # half-way through the cosine
     assert lr_at(100, 100, 10, 1.0, 1e-6) == pytest.approx(1e-6)
+
+
+def test_phase_aware_bridge_scales_the_lr_by_measured_stability(tmp_path, tiny_run):
+    over = tiny_run + ["optim.epochs=1", "phase.every=2", "phase.probe_size=4"]
+    plain = run_stage(cfg_of("bridge", over), tmp_path / "plain")
+    run_stage(cfg_of("bridge", over + ["phase.adaptive_lr=true"]), tmp_path / "phase")
+    rec = [r for r in read_metrics(tmp_path / "phase") if "train_loss" in r][0]
+    assert 0.0 < rec["phase_S"] <= 1.0 + 1e-6 and rec["phase_lr_scale"] == rec["phase_S"]
+    assert rec["phase_measured_at"] == 4  # 5 steps per epoch (80 images / 16), measured at 0, 2, 4
+    assert (tmp_path / "phase" / "phase_theta0.safetensors").is_file()
+    a = load_file(str(tmp_path / "plain" / "model.safetensors"))
+    b = load_file(str(tmp_path / "phase" / "model.safetensors"))
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # the scaled lr changed the updates
+    with pytest.raises(Lm2vError, match="stage 1"):
+        run_stage(cfg_of("probe", tiny_run + ["phase.adaptive_lr=true"]), tmp_path / "bad")

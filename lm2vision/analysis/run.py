@@ -131,10 +131,19 @@ def part_weights(loaded, cfg: AnalyzeConfig, out: Path, notes: list[str]) -> Sec
     overall = [{"model": k, **s.aggregate()} for k, s in stats.items()]
     run_stats = stats["run (final)"]
     blocks = [{"block": b, **run_stats.aggregate(b)} for b in run_stats.blocks()]
+    by_block = _share_by_block(stats)
     text = (f"Outliers: |w| > {cfg.threshold} (the authors' definition, LayerNorm included) and "
             f"|w - mean| > {cfg.z_k} std per tensor (scale-free); excess kurtosis numel-weighted.")
     return Section("Weight statistics", text, [fig],
-                   [Table("overall", overall), Table("run (final) per block", blocks)])
+                   [Table("overall", overall), Table("run (final) per block", blocks),
+                    Table("abs outlier share per block, all models", by_block)])
+
+
+def _share_by_block(stats: dict) -> list[dict]:
+    """Rows = blocks (union over models), columns = models: the authors' |w| > threshold share."""
+    blocks = list(dict.fromkeys(b for s in stats.values() for b in s.blocks()))
+    return [{"block": b, **{k: (s.aggregate(b)["abs_outlier_share"] if b in s.blocks() else None)
+                            for k, s in stats.items()}} for b in blocks]
 
 
 def _loss_batches(sample: Sample, lc: LandscapeConfig, device: str) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from ..config import load_config
 from ..train import STAGE_PRESETS, RunConfig, run_stage
@@ -40,6 +41,6 @@ def build_config(stage: str, config: str | None, overrides: list[str], init: str
 def run(args: argparse.Namespace) -> int:
     cfg = build_config(args.stage, args.config, args.overrides, args.init)
     summary = run_stage(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
-    if not summary.get("stopped"):
+    if not summary.get("stopped") and os.environ.get("RANK", "0") == "0":
         print(f"{args.stage} done: test acc {summary['test_acc']:.4f} (final epoch) -> {args.out}")
     return 0

@@ -80,7 +80,7 @@ def layer_agops(fn: Callable[[Any], torch.Tensor], inputs: Any, layers: dict[str
 
     def hook_for(name: str):
         def hook(module, args, kwargs):
-            h = args[0] if args else next(v for v in kwargs.values() if torch.is_tensor(v))
+            h = args[0] if args else kwargs.get("hidden_states", next((v for v in kwargs.values() if torch.is_tensor(v)), None))
             captured[name] = h
         return hook
 

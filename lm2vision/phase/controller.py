@@ -7,6 +7,9 @@ adaptive learning rate is eta(t) = eta_0 * S(t): ``lr_scale`` returns S(t), re-m
 bridged (differentiable) and S_l = ``target``, the language side's stability (measured apart,
 e.g. by ``lm2v phase``; the seed suggests starting both near 0.6).
 
+S(t) = 1 is a maximum of S, so the penalty has zero gradient at initialisation: it acts once
+training has moved the kernel.
+
 Kernel: NTK over the parameters that require grad when the controller is built (what the stage
 trains), of the pooled embedding for a ``VisionBackbone`` (projected to ``OUT_DIM`` by a fixed
 random matrix) or of the flattened output for any other module; measured in eval mode.

@@ -97,6 +97,16 @@ class TextEmbedder(nn.Module):
         z = self.embed(ids, mask)
         return z if self.proj is None else z @ self.proj  # (B, O)
 
+    def agop_layers(self) -> dict[str, nn.Module]:
+        """The transformer blocks (from the architecture table; empty for families not in it)."""
+        spec = ARCH.get(getattr(self.model.config, "model_type", ""))
+        if spec is None:
+            return {}
+        blocks = self.model
+        for part in spec.blocks.split("."):
+            blocks = getattr(blocks, part)
+        return {f"block.{i}": b for i, b in enumerate(blocks)}
+
     def project(self, z: torch.Tensor) -> torch.Tensor:
         return z if self.proj is None else z @ self.proj
 

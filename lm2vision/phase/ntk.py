@@ -200,8 +200,12 @@ def _jvp_rows(f: SampleFn, params: Params, tangents: Params, xc: Any) -> torch.T
     return vmap(one)(xc)
 
 
+VJP_CHUNK = 4  # default samples per block for vjp: its jvp batch is (chunk * O) tangents x chunk samples
+
+
 def _ntk_vjp(f, params, x1, x2, cfg, chunk) -> torch.Tensor:
     x2 = x1 if x2 is None else x2
+    chunk = cfg.chunk or min(chunk, VJP_CHUNK)
     rows = []
     with math_attention():
         for jac in jacobians(f, params, x1, chunk):
@@ -231,7 +235,7 @@ class CountSketch:
         self.buckets, self.signs = {}, {}
         for name, p in params.items():
             n = p.numel()
-            self.buckets[name] = torch.randint(0, dim, (n,), generator=g).to(p.device)
+            self.buckets[name] = torch.randint(0, dim, (n,), generator=g, dtype=torch.int32).to(p.device)
             self.signs[name] = (torch.randint(0, 2, (n,), generator=g) * 2 - 1).to(p.device, p.dtype)
 
     def __call__(self, jac: Params) -> torch.Tensor:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from ..data import DataConfig, ImageSet, cap_per_class, load_imageset_splits, preprocess_eval
 from ..errors import Lm2vError
-from .agop import Spectrum, agop, spectrum
+from .agop import Spectrum, agop, layer_agops, spectrum
 from .alignment import alignment_score
 from .encoders import Side, load_language, load_vision, tokenize
 from .ntk import NTKConfig, check_ntk_config, choose_method, empirical_ntk, num_samples
@@ -73,6 +73,7 @@ class ModelPhase:
     s: float  # S(Theta_now, Theta_init)
     method: str  # NTK method used
     agop: Spectrum
+    layer_ratios: dict  # block name -> AGOP ratio with respect to that block's input
     theta: torch.Tensor  # (n, n) NTK on the paired inputs
     z: torch.Tensor  # (N, C) embeddings for the alignment score
 
@@ -160,7 +161,8 @@ def _kernels(side: Side, x: Any, cfg: ScreenConfig) -> tuple[torch.Tensor, torch
     xn = _slice(x, cfg.ntk_samples)
     names = side.now.ntk_names()
     ntk_cfg = NTKConfig(**{**cfg.ntk.__dict__, "contraction": "trace"})
-    P = sum(p.numel() for n, p in side.now.named_parameters() if n in set(names))
+    kernel = set(names)
+    P = sum(p.numel() for n, p in side.now.named_parameters() if n in kernel)
     O = side.now.out_width
     method = choose_method(ntk_cfg, P, O, cfg.ntk_samples, cfg.ntk_samples)
     theta = empirical_ntk(side.now, xn, cfg=ntk_cfg, names=names)
@@ -180,11 +182,26 @@ def _input_agop(side: Side, x: Any, cfg: ScreenConfig) -> Spectrum:
     return spectrum(m.cpu(), cfg.agop_rel_tol)
 
 
+def _layer_ratios(side: Side, x: Any, cfg: ScreenConfig) -> dict[str, float]:
+    """AGOP ratio per block, with respect to each block's input (Radhakrishnan et al.)."""
+    layers = side.now.agop_layers()
+    if not layers:
+        return {}
+    xa = _slice(x, cfg.agop_samples)
+    if side.tokenizer is None:
+        xa = xa.detach().clone().requires_grad_(True)  # block inputs carry a gradient even if frozen
+        mats = layer_agops(side.now, xa, layers)
+    else:
+        mats = layer_agops(lambda t: side.now(*t), xa, layers)
+    return {k: spectrum(m.cpu(), cfg.agop_rel_tol).ratio for k, m in mats.items()}
+
+
 def model_phase(side: Side, kind: str, x: Any, cfg: ScreenConfig) -> ModelPhase:
     """Kernel, stability, AGOP spectrum and embeddings of one model on its inputs ``x``."""
     z = _embed(side, x, cfg.batch_size)
     theta, theta0, method = _kernels(side, x, cfg)
-    return ModelPhase(side.name, kind, kernel_similarity(theta, theta0), method, _input_agop(side, x, cfg), theta, z)
+    return ModelPhase(side.name, kind, kernel_similarity(theta, theta0), method, _input_agop(side, x, cfg),
+                      _layer_ratios(side, x, cfg), theta, z)
 
 
 def vision_inputs(side: Side, pairs: Pairs, data: DataConfig, device: torch.device) -> torch.Tensor:
@@ -240,7 +257,8 @@ def model_details(m: ModelPhase) -> dict:
     return {"name": m.name, "side": m.side, "S": m.s, "phase": m.phase, "ntk_method": m.method,
             "ntk_trace": float(torch.trace(m.theta)), "agop_ratio": m.agop.ratio,
             "agop_effective_rank": m.agop.effective_rank, "agop_rel_tol": m.agop.rel_tol,
-            "agop_num_kept": m.agop.num_kept, "agop_eigenvalues": m.agop.eigenvalues}
+            "agop_num_kept": m.agop.num_kept, "agop_layer_ratios": m.layer_ratios,
+            "agop_eigenvalues": m.agop.eigenvalues}
 
 
 # -- output --------------------------------------------------------------------------------------

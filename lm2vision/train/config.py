@@ -12,6 +12,7 @@ from typing import List, Optional
 from ..data.config import DataConfig
 from ..errors import Lm2vError
 from ..models import ModelConfig, TrainableSpec
+from ..phase.controller import PhaseConfig
 
 
 @dataclass
@@ -76,6 +77,7 @@ class RunConfig:
     trainable: TrainableSpec = field(default_factory=TrainableSpec)
     optim: OptimConfig = field(default_factory=OptimConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    phase: PhaseConfig = field(default_factory=PhaseConfig)  # phase-aware stage 1 (seed 2)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 
@@ -110,5 +112,7 @@ def check_run_config(cfg: RunConfig) -> None:
         raise Lm2vError(f"optim.epochs and optim.batch_size must be >= 1, got {o.epochs} and {o.batch_size}")
     if cfg.runtime.amp not in ("auto", "bf16", "fp16", "off"):
         raise Lm2vError(f"runtime.amp must be auto, bf16, fp16 or off, got {cfg.runtime.amp!r}")
+    if (cfg.phase.adaptive_lr or cfg.phase.penalty > 0) and cfg.stage != "bridge":
+        raise Lm2vError("phase-aware training (phase.adaptive_lr, phase.penalty) belongs to stage 1 (lm2v bridge)")
     if cfg.runtime.distributed not in ("ddp", "fsdp"):
         raise Lm2vError(f"runtime.distributed must be ddp or fsdp, got {cfg.runtime.distributed!r}")

@@ -67,9 +67,13 @@ def _train_batch(data: DeviceSet, idx: torch.Tensor, params: torch.Tensor | None
 
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: DeviceSet, epoch: int,
                     sched: Schedule, ocfg: OptimConfig, dcfg: DataConfig, image_size: int, seed: int,
-                    rt: Runtime, extra_loss: Callable[[nn.Module], torch.Tensor | None] | None = None,
+                    rt: Runtime, extra_loss: Callable[[nn.Module, int], torch.Tensor | None] | None = None,
                     lr_scale: Callable[[int], float] | None = None, progress: bool = True) -> dict:
-    """One epoch over ``data``; returns mean loss/accuracy over all ranks (one sync at the end)."""
+    """One epoch over ``data``; returns mean loss/accuracy over all ranks (one sync at the end).
+
+    ``lr_scale(step)`` multiplies the scheduled lr and ``extra_loss(model, step)`` adds a term to
+    the loss (phase-aware training uses both).
+    """
     model.train()
     torch.manual_seed(epoch_seed(seed, epoch) + rt.rank)  # dropout
     gen = torch.Generator().manual_seed(epoch_seed(seed, epoch))  # augmentation, same on every rank
@@ -90,7 +94,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: De
         with rt.autocast():
             logits = model(x)  # (b, K)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=ocfg.label_smoothing)
-            penalty = extra_loss(model) if extra_loss else None
+            penalty = extra_loss(model, step) if extra_loss else None
         (loss + penalty if penalty is not None else loss).backward()
         if ocfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(trainable, ocfg.grad_clip)
@@ -124,11 +128,12 @@ def evaluate(model: nn.Module, data: DeviceSet, image_size: int, dcfg: DataConfi
 
 @torch.no_grad()
 def extract_features(model: nn.Module, data: DeviceSet, image_size: int, dcfg: DataConfig, rt: Runtime,
-                     batch_size: int = 256) -> torch.Tensor:
+                     batch_size: int = 256, progress: bool = False, desc: str = "features") -> torch.Tensor:
     """Pooled features (N, C) of every image, in order, in float32 (one forward pass)."""
     model.eval()
     feats = []
-    for idx in eval_batches(len(data), batch_size):
+    batches = eval_batches(len(data), batch_size)
+    for idx in tqdm(batches, total=-(-len(data) // batch_size), desc=desc, leave=False, disable=not progress):
         x = eval_transform(data.images[idx.to(data.images.device)], image_size, dcfg)
         with rt.autocast():
             feats.append(model.forward_head(model.forward_features(x), pre_logits=True).float())

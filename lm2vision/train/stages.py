@@ -24,6 +24,7 @@ from .config import PROBE_TRAINABLE, RunConfig, check_run_config
 from .distributed import Runtime, full_state_dict, setup_runtime, teardown, unwrap, wrap_model
 from .loop import DeviceSet, Schedule, evaluate, extract_features, train_one_epoch
 from .optim import build_optimizer
+from .phase_hooks import PhaseHooks
 from .probe import train_linear_grid
 from .rundir import MetricsLogger, prepare_run_dir
 from .runs import build_architecture, read_run_config
@@ -125,27 +126,29 @@ def _fit(cfg: RunConfig, model: VisionBackbone, train: ImageSet, splits: DataSpl
         save_tensors(run / "init.safetensors", trainable_state(model))
     net = wrap_model(model, rt, cfg.runtime.distributed)
     optimizer = build_optimizer(unwrap(net), cfg.optim)
-    start = 0
+    start, resumed_phase = 0, {}
     if resume:
-        start = load_checkpoint(run, unwrap(net), optimizer)["epoch"]
+        ckpt = load_checkpoint(run, unwrap(net), optimizer)
+        start, resumed_phase = ckpt["epoch"], ckpt.get("phase", {})
         logger.truncate_after(start)
         _say(rt, f"resumed after epoch {start}")
     step_fn = torch.compile(net) if cfg.runtime.compile else net
     sched = Schedule.of(cfg.optim, num_batches(len(dtrain), cfg.optim.batch_size))
+    phase = PhaseHooks.build(cfg, net, dtrain, run, rt, resumed_phase if resume else None)
     last: dict = {}
     for epoch in range(start, cfg.optim.epochs):
         t0 = time.perf_counter()
         tr = train_one_epoch(step_fn, optimizer, dtrain, epoch, sched, cfg.optim, cfg.data, S, cfg.runtime.seed, rt,
-                             progress=cfg.runtime.progress and rt.is_main)
+                             progress=cfg.runtime.progress and rt.is_main, **phase.loop_hooks())
         dt = time.perf_counter() - t0
         va = evaluate(step_fn, dval, S, cfg.data, rt, cfg.runtime.eval_batch_size)
-        last = {"stage": cfg.stage, "epoch": epoch + 1, **tr, "val_loss": va["loss"], "val_acc": va["acc"],
+        last = {"stage": cfg.stage, "epoch": epoch + 1, **tr, **phase.state(), "val_loss": va["loss"], "val_acc": va["acc"],
                 "epoch_time_s": dt, "img_per_s": len(dtrain) // cfg.optim.batch_size * cfg.optim.batch_size / dt}
         logger.log(last)
         _say(rt, f"epoch {epoch + 1}/{cfg.optim.epochs}  loss {tr['train_loss']:.4f}  train acc {tr['train_acc']:.3f}  "
                  f"val acc {va['acc']:.3f}  lr {tr['lr']:.2e}  {last['img_per_s']:.0f} img/s")
         if cfg.runtime.distributed != "fsdp" and rt.is_main:
-            save_checkpoint(run, unwrap(net), optimizer, {"epoch": epoch + 1, "config": to_dict(cfg)})
+            save_checkpoint(run, unwrap(net), optimizer, {"epoch": epoch + 1, "config": to_dict(cfg), "phase": phase.state()})
         if cfg.runtime.stop_after and epoch + 1 - start >= cfg.runtime.stop_after and epoch + 1 < cfg.optim.epochs:
             _say(rt, f"stopped after epoch {epoch + 1} (runtime.stop_after); continue with --resume")
             return {"stopped": True, "epoch": epoch + 1}
@@ -176,7 +179,8 @@ def _summary(cfg: RunConfig, model: VisionBackbone, last: dict, test: dict) -> d
 def _linear_probe(cfg: RunConfig, model: VisionBackbone, splits: DataSplits, run: Path, rt: Runtime,
                   logger: MetricsLogger) -> dict:
     S, bs = cfg.model.image_size, cfg.runtime.eval_batch_size
-    feats = {name: extract_features(model, DeviceSet.of(s, rt.device), S, cfg.data, rt, bs)
+    show = cfg.runtime.progress and rt.is_main
+    feats = {name: extract_features(model, DeviceSet.of(s, rt.device), S, cfg.data, rt, bs, show, f"{name} features")
              for name, s in (("train", splits.train), ("val", splits.val), ("test", splits.test))}
     labels = {name: getattr(splits, name).labels.to(rt.device) for name in feats}
     if rt.is_main:
