@@ -24,7 +24,8 @@ epochs of ``--steps`` steps with the device synchronised around them.
         T: tokens per image, L: blocks, C: width; the attention term counts the full T x T matrix
     MFU = img/s * FLOPs/img / peak (``--peak-tflops``, 989 = H100 SXM bf16 dense)
     peak GiB = torch.cuda.max_memory_allocated over the timed epochs
-    MiB/img = (peak - memory resident after the warm-up: weights, optimizer state, data) / batch
+    MiB/img = (peak - memory resident after the warm-up: weights, optimizer state, data) / batch,
+        i.e. activations, gradients and workspace per image (compare with and without --grad-ckpt)
 
 Example (GPU): python benchmarks/throughput.py
 CPU check:     python benchmarks/throughput.py --device cpu --layers 2 --width 64 --heads 2 \\
@@ -507,7 +508,8 @@ def footnotes(results: list[Result], args: argparse.Namespace, device: torch.dev
     notes = [f"FLOPs/img = 6*P*T + 6*P_head + 12*L*T^2*C (fwd+bwd; P = parameters applied to every token, "
              f"embedding tables excluded); MFU against {args.peak_tflops:g} TFLOP/s"
              + (" (meaningless on CPU)" if device.type != "cuda" else "") + ".",
-             "MiB/img = (peak - resident weights/optimizer/data after warm-up) / batch; timed: "
+             "MiB/img = (peak - resident weights/optimizer state/data after warm-up) / batch: activations, "
+             "gradients and workspace per image; timed: "
              f"{args.epochs} epoch(s) x {args.steps} steps after 1 warm-up epoch."]
     for r in results:
         if r.run == "ours":

@@ -1,6 +1,5 @@
 """``lm2v analyze`` / ``lm2v compare`` end to end on a tiny run trained here (tiny BERT, 16 px images)."""
 import base64
-import importlib.util
 import json
 import re
 
@@ -42,16 +41,9 @@ def tiny_run(tmp_path_factory):
     return base / "run"
 
 
-def _commands(monkeypatch):
-    """Only the sub-commands whose modules exist yet (others are written in parallel)."""
-    avail = {k: v for k, v in cli_main.COMMANDS.items() if importlib.util.find_spec(f"lm2vision.cli.{v}")}
-    monkeypatch.setattr(cli_main, "COMMANDS", avail)
-
-
 def test_analyze_writes_every_section(tiny_run, tmp_path, monkeypatch, capsys):
     from transformers import ViTConfig, ViTModel
 
-    _commands(monkeypatch)
     vit_dir = tmp_path / "vit"
     ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                        image_size=16, patch_size=4)).save_pretrained(vit_dir)
@@ -102,7 +94,6 @@ def test_analyze_writes_every_section(tiny_run, tmp_path, monkeypatch, capsys):
 
 
 def test_bad_input_is_one_line_error(tiny_run, tmp_path, monkeypatch, capsys):
-    _commands(monkeypatch)
     assert cli_main.main(["analyze", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "not an lm2v run directory" in capsys.readouterr().err
     assert cli_main.main(["analyze", str(tiny_run), "--out", str(tmp_path / "o"), "--skip", "nonsense"]) == 2
@@ -110,7 +101,6 @@ def test_bad_input_is_one_line_error(tiny_run, tmp_path, monkeypatch, capsys):
 
 
 def test_compare_table_and_curves(tiny_run, tmp_path, monkeypatch, capsys):
-    _commands(monkeypatch)
     out = tmp_path / "cmp"
     assert cli_main.main(["compare", str(tiny_run), str(tiny_run), "--out", str(out)]) == 0
     rows = json.loads((out / "compare.json").read_text())

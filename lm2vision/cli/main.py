@@ -33,13 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lm2v", description="Language-pretrained transformers as vision backbones.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in dict.fromkeys(COMMANDS.values()):
-        try:
-            mod = importlib.import_module(f"lm2vision.cli.{module}")
-        except ModuleNotFoundError as e:  # TEMP during development
-            if e.name == f"lm2vision.cli.{module}":
-                continue
-            raise
-        mod.register(sub)
+        importlib.import_module(f"lm2vision.cli.{module}").register(sub)
     return parser
 
 

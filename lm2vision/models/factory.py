@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import copy
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModel, PretrainedConfig
+from transformers.utils import logging as hf_logging
 
 from ..errors import Lm2vError
 from .arch import TINY_CONFIGS, arch_for
@@ -63,9 +65,24 @@ def _build_lm(cfg: ModelConfig, config: PretrainedConfig) -> torch.nn.Module:
     if cfg.name in TINY_CONFIGS:
         raise Lm2vError(f"{cfg.name} is an in-memory test config with no weights: set model.pretrained=false")
     try:
-        return AutoModel.from_pretrained(resolve_source(cfg.name), config=config, dtype=torch.float32, **kw)
+        with _quiet_transformers():  # the unused pooler / word table are expected "unexpected" keys
+            return AutoModel.from_pretrained(resolve_source(cfg.name), config=config, dtype=torch.float32, **kw)
     except (OSError, ValueError) as e:
         raise Lm2vError(f"cannot load weights of {cfg.name!r}: {str(e).splitlines()[0]}") from None
+
+
+@contextmanager
+def _quiet_transformers():
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def create_backbone(cfg: ModelConfig) -> VisionBackbone:
