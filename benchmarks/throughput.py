@@ -47,6 +47,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
@@ -105,14 +106,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--sizes", default="224/16,32/4", help="comma list of image_size/patch_size")
-    ap.add_argument("--batch", default="auto", help="ours: auto (largest power of two that fits) or ints, one per size or one for all")
+    ap.add_argument("--batch", default="auto",
+                    help="ours: auto (largest power of two that fits) or ints, one per size or one for all")
     ap.add_argument("--max-batch", type=int, default=1024, help="upper end of the auto batch search")
     ap.add_argument("--baseline-batch", type=int, default=64)
     ap.add_argument("--baseline-workers", type=int, default=None,
                     help="DataLoader workers of the baseline (default: up to 8 on GPU, bounded by /dev/shm; 0 on CPU)")
-    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile our model (default: on for CUDA)")
-    ap.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
-                    help="reduce-overhead adds CUDA graphs")
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                    help="torch.compile our model (default: on for CUDA)")
+    ap.add_argument("--compile-mode", default="default", help="reduce-overhead adds CUDA graphs",
+                    choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"])
     ap.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing in our model")
     ap.add_argument("--amp", choices=["bf16", "off"], default=None, help="our autocast (default: bf16 on CUDA, off on CPU)")
     ap.add_argument("--steps", type=int, default=20, help="optimizer steps per epoch")
@@ -120,7 +123,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--layers", type=int, default=None, help=f"blocks (default {GPT2_MEDIUM['layers']})")
     ap.add_argument("--width", type=int, default=None, help=f"hidden size (default {GPT2_MEDIUM['width']})")
     ap.add_argument("--heads", type=int, default=None, help=f"attention heads (default {GPT2_MEDIUM['heads']})")
-    ap.add_argument("--hf-config", default=None, help="local Hugging Face model directory (config.json) instead of the GPT-2 shape")
+    ap.add_argument("--hf-config", default=None,
+                    help="local Hugging Face model directory (config.json) instead of the GPT-2 shape")
     ap.add_argument("--dropout", type=float, default=None, help="dropout of both models (default: the config's own)")
     ap.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads); 1 on a busy shared CPU")
@@ -327,7 +331,7 @@ def search_batch(args: argparse.Namespace, name: str, s: Setting, rt: Runtime) -
     return best
 
 
-def warm_up(run: OurRun, compile_model: bool) -> str:
+def warm_up(run: OurRun, compile_model: bool, mode: str) -> str:
     """The warm-up epoch (compiles); a failing torch.compile is reported and the row runs eager."""
     if not compile_model:
         run.epoch_fn(run.model, 0)
@@ -336,7 +340,7 @@ def warm_up(run: OurRun, compile_model: bool) -> str:
         graph_break_counter().clear()
         run.epoch_fn(run.step_model, 0)
         report_graph_breaks()
-        return "on" if run.step_model is not run.model else "off"
+        return "on" if mode == "default" else mode
     except Exception as e:  # noqa: BLE001 - any compiler failure: say so, then run eager
         if is_oom(e):
             raise
@@ -363,7 +367,7 @@ def report_graph_breaks() -> None:
 
 def measure_ours(args: argparse.Namespace, name: str, s: Setting, batch: int, rt: Runtime, compile_model: bool) -> Result:
     run = build_ours(args, name, s, batch, args.steps, rt, compile_model)
-    compiled = warm_up(run, compile_model)
+    compiled = warm_up(run, compile_model, args.compile_mode)
     t = time_epochs(lambda e: run.epoch_fn(run.step_model, e), 1, args.epochs, rt.device)
     precision = "bf16 autocast" if rt.amp_dtype == torch.bfloat16 else "fp32"
     return make_result(s, "ours", batch, args.steps * batch * args.epochs, t, flops_per_image(run.model),
@@ -375,7 +379,8 @@ def run_ours(args: argparse.Namespace, name: str, s: Setting, batch: int | None,
     auto = batch is None
     batch = search_batch(args, name, s, rt) if auto else batch
     while True:
-        say(f"[{s.label}] ours: batch {batch}, compile {'on' if compile_model else 'off'}, grad ckpt {'on' if args.grad_ckpt else 'off'}")
+        say(f"[{s.label}] ours: batch {batch}, compile {'on' if compile_model else 'off'}, "
+            f"grad ckpt {'on' if args.grad_ckpt else 'off'}")
         try:
             return measure_ours(args, name, s, batch, rt, compile_model)
         except Exception as e:  # noqa: BLE001
@@ -468,7 +473,8 @@ def run_baseline(args: argparse.Namespace, name: str, s: Setting, device: torch.
         t = time_epochs(run_epoch, 1, args.epochs, device)
     except Exception as e:  # noqa: BLE001
         if is_oom(e):
-            raise Lm2vError(f"[{s.label}] baseline batch {args.baseline_batch} runs out of device memory; pass a smaller --baseline-batch") from None
+            raise Lm2vError(f"[{s.label}] baseline batch {args.baseline_batch} runs out of device memory; "
+                            "pass a smaller --baseline-batch") from None
         raise
     finally:
         set_tf32(device, True)
@@ -526,8 +532,6 @@ def describe(args: argparse.Namespace, name: str, device: torch.device) -> str:
         f"GPT-2 shape {args.layers or GPT2_MEDIUM['layers']} blocks, width {args.width or GPT2_MEDIUM['width']}, "
         f"{args.heads or GPT2_MEDIUM['heads']} heads, random weights")
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    import transformers
-
     return f"device: {where} | torch {torch.__version__} | transformers {transformers.__version__} | model: {shape}"
 
 
