@@ -137,3 +137,18 @@ def test_alignment_with_class_groups():
     vision = text @ torch.randn(12, 20, generator=g) + 0.05 * torch.randn(120, 20, generator=g)
     res = alignment_score(vision, text, groups=labels)
     assert res.chance == pytest.approx(0.1, abs=0.02) and res.top1 > 0.95
+
+
+def test_three_methods_agree_on_tiny_transformer_backbone():
+    from lm2vision.models import ModelConfig, create_backbone
+    from lm2vision.phase.encoders import VisionEmbedder
+
+    net = VisionEmbedder(create_backbone(ModelConfig(name="tiny-gpt2", pretrained=False, image_size=8, patch_size=4)),
+                         out_dim=2).eval()
+    x, names = torch.randn(3, 3, 8, 8), net.ntk_names()
+    assert not any(n.startswith("backbone.head.") for n in names)
+    k_jac = empirical_ntk(net, x, cfg=NTKConfig(method="jacobian", contraction="full"), names=names)  # (3, 3, 2, 2)
+    k_vjp = empirical_ntk(net, x, cfg=NTKConfig(method="vjp", contraction="full"), names=names)
+    k_proj = empirical_ntk(net, x, cfg=NTKConfig(method="projection", proj_dim=16384), names=names)
+    torch.testing.assert_close(k_vjp, k_jac, rtol=1e-3, atol=1e-4 * float(k_jac.abs().max()))
+    assert kernel_similarity(k_proj, k_jac.diagonal(dim1=2, dim2=3).sum(-1)) > 0.99
