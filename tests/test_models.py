@@ -165,3 +165,15 @@ def test_pretrained_from_local_directory_roundtrip(tmp_path):
     ref = GPT2Model.from_pretrained(tmp_path)
     torch.testing.assert_close(pre.lm.h[0].attn.c_attn.weight, ref.h[0].attn.c_attn.weight)
     assert not torch.allclose(scratch.lm.h[0].attn.c_attn.weight, ref.h[0].attn.c_attn.weight)
+
+
+def test_half_precision_checkpoints_build_in_float32(tmp_path):
+    """A config saved in float16 (like the fp16 MiniLM copy) still gives float32 models, both ways."""
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                         vocab_size=16)).half().save_pretrained(tmp_path)
+    for pretrained in (True, False):
+        m = create_backbone(ModelConfig(name=str(tmp_path), pretrained=pretrained))
+        assert {p.dtype for p in m.parameters()} == {torch.float32}
+        assert torch.isfinite(m(torch.randn(1, 3, 32, 32))).all()

@@ -61,7 +61,7 @@ def _build_lm(cfg: ModelConfig, config: PretrainedConfig) -> torch.nn.Module:
     kw = dict(attn_implementation=cfg.attn_implementation, **dict(arch_for(config.model_type).model_kwargs))
     if not cfg.pretrained:
         torch.manual_seed(cfg.init_seed)
-        return AutoModel.from_config(config, **kw)
+        return AutoModel.from_config(config, dtype=torch.float32, **kw)  # not the config's dtype (fp16 copies)
     if cfg.name in TINY_CONFIGS:
         raise Lm2vError(f"{cfg.name} is an in-memory test config with no weights: set model.pretrained=false")
     try:
