@@ -24,11 +24,8 @@ DEFAULT_OUT = Path(__file__).resolve().parents[1] / "lm2vision" / "data" / "asse
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def read_members(src: Path) -> dict[str, bytes]:

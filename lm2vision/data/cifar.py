@@ -226,8 +226,5 @@ def _fetch(url: str, dest: Path) -> None:
 
 
 def _md5_file(path: Path) -> str:
-    h = hashlib.md5()
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()
