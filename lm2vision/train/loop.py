@@ -57,12 +57,23 @@ class Schedule:
         return lr_at(step, self.total_steps, self.warmup_steps, self.peak, self.floor)
 
 
-def _train_batch(data: DeviceSet, idx: torch.Tensor, params: torch.Tensor | None, image_size: int,
-                 dcfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    idx = idx.to(data.images.device)
-    images = data.images[idx]
-    x = eval_transform(images, image_size, dcfg) if params is None else apply_crop_params(images, params, image_size, dcfg)
-    return x, data.labels[idx]
+def epoch_plan(n: int, epoch: int, seed: int, batch_size: int, dcfg: DataConfig, aspect: float, rt: Runtime,
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """This rank's batch indices (steps, b) and crop parameters (steps, b, 5) for one epoch, moved to
+    the device in one copy each, so the steps need no host-to-device traffic.
+
+    Both are pure functions of (seed, epoch); the crop parameters are drawn for the global batch and
+    sliced, so every rank's images are augmented exactly as in a single process.
+    """
+    local = batch_size // rt.world_size
+    batches = list(epoch_batches(n, batch_size, epoch, seed, rank=rt.rank, world_size=rt.world_size))
+    order = torch.stack(batches) if batches else torch.zeros(0, local, dtype=torch.long)
+    params = None
+    if dcfg.augment != "none":
+        gen = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+        drawn = sample_crop_params(len(batches) * batch_size, gen, dcfg, aspect).view(len(batches), batch_size, 5)
+        params = drawn[:, rt.rank * local:(rt.rank + 1) * local].to(rt.device)
+    return order.to(rt.device), params
 
 
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: DeviceSet, epoch: int,
@@ -76,20 +87,18 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: De
     """
     model.train()
     torch.manual_seed(epoch_seed(seed, epoch) + rt.rank)  # dropout
-    gen = torch.Generator().manual_seed(epoch_seed(seed, epoch))  # augmentation, same on every rank
-    B = ocfg.batch_size  # global batch
-    local = B // rt.world_size
-    steps = num_batches(len(data), B)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    sums = torch.zeros(3, device=rt.device)  # loss * n, correct, n
     aspect = data.images.shape[-1] / data.images.shape[-2]
-    batches = epoch_batches(len(data), B, epoch, seed, rank=rt.rank, world_size=rt.world_size)
-    for it, idx in enumerate(tqdm(batches, total=steps, desc=f"epoch {epoch + 1}", leave=False, disable=not progress)):
+    order, params = epoch_plan(len(data), epoch, seed, ocfg.batch_size, dcfg, aspect, rt)
+    steps = order.shape[0]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    sums = torch.zeros(2, device=rt.device)  # sum of loss * b, correct
+    for it in tqdm(range(steps), desc=f"epoch {epoch + 1}", leave=False, disable=not progress):
         step = epoch * steps + it
-        params = None
-        if dcfg.augment != "none":
-            params = sample_crop_params(B, gen, dcfg, aspect)[rt.rank * local:(rt.rank + 1) * local]
-        x, y = _train_batch(data, idx, params, image_size, dcfg)
+        images, y = data.images[order[it]], data.labels[order[it]]  # (b, 3, H, W) uint8, (b,)
+        if params is None:
+            x = eval_transform(images, image_size, dcfg)
+        else:
+            x = apply_crop_params(images, params[it], image_size, dcfg)  # (b, 3, S, S)
         set_lr(optimizer, sched(step) * (lr_scale(step) if lr_scale else 1.0))
         with rt.autocast():
             logits = model(x)  # (b, K)
@@ -100,10 +109,11 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: De
             nn.utils.clip_grad_norm_(trainable, ocfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        sums += torch.stack([loss.detach() * len(y), (logits.argmax(-1) == y).sum().float(), torch.tensor(float(len(y)), device=rt.device)])
-    total = rt.all_reduce_sum(sums).tolist()
-    return {"train_loss": total[0] / max(total[2], 1), "train_acc": total[1] / max(total[2], 1),
-            "lr": sched(epoch * steps + steps - 1)}
+        sums += torch.stack([loss.detach() * len(y), (logits.argmax(-1) == y).sum().float()])
+    count = rt.all_reduce_sum(torch.tensor(float(order.numel()), device=rt.device))
+    loss_sum, correct = rt.all_reduce_sum(sums).tolist()
+    n = max(float(count), 1.0)
+    return {"train_loss": loss_sum / n, "train_acc": correct / n, "lr": sched(epoch * steps + steps - 1)}
 
 
 @torch.no_grad()
