@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lm2vision.config import load_config
-from lm2vision.dense.config import DetectConfig, SegmentConfig
+from lm2vision.dense.config import SegmentConfig
 from lm2vision.dense.engine import run_dense
 from lm2vision.dense.synthetic import make_synthetic_dense
 

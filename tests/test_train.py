@@ -1,7 +1,6 @@
 """Training stages on a tiny model and the bundled data: labels, checkpoints, resume, refusals."""
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
@@ -166,7 +165,7 @@ def test_warmup_cosine_schedule_known_values():
 
 def test_phase_aware_bridge_scales_the_lr_by_measured_stability(tmp_path, tiny_run):
     over = tiny_run + ["optim.epochs=1", "phase.every=2", "phase.probe_size=4"]
-    plain = run_stage(cfg_of("bridge", over), tmp_path / "plain")
+    run_stage(cfg_of("bridge", over), tmp_path / "plain")
     run_stage(cfg_of("bridge", over + ["phase.adaptive_lr=true"]), tmp_path / "phase")
     rec = [r for r in read_metrics(tmp_path / "phase") if "train_loss" in r][0]
     assert 0.0 < rec["phase_S"] <= 1.0 + 1e-6 and rec["phase_lr_scale"] == rec["phase_S"]

@@ -2,7 +2,6 @@
 sync inside an epoch, every random draw a pure function of (seed, epoch) so resumes are exact."""
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -12,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..data import DataConfig, ImageSet, apply_crop_params, epoch_batches, eval_batches, eval_transform, num_batches
+from ..data import DataConfig, ImageSet, apply_crop_params, epoch_batches, eval_batches, eval_transform
 from ..data.transforms import sample_crop_params
 from .config import OptimConfig
 from .distributed import Runtime
