@@ -11,7 +11,7 @@ from lm2vision.dense.datasets import CocoDetection, SegmentationFolder, segmenta
 from lm2vision.dense.heads import (DetrHead, DetrHeadConfig, LinearDecoder, MaskTransformer, SegHeadConfig,
                                    sine_positions_2d)
 from lm2vision.dense.inference import predict_segmentation, slide_logits
-from lm2vision.dense.model import Segmenter, lm_block_fn
+from lm2vision.dense.model import Segmenter
 from lm2vision.dense.synthetic import make_synthetic_dense
 from lm2vision.errors import Lm2vError
 from lm2vision.models import ModelConfig, create_backbone
@@ -122,7 +122,7 @@ def test_decoder_initialised_from_lm_blocks(name):
         assert src.keys() == dst.keys() and all(torch.equal(src[k], dst[k]) for k in src)
         assert seg.head.blocks[i] is not bb.blocks[i]  # copies: fine-tuning one leaves the other
     x = torch.randn(1, 16, bb.width)
-    run = lm_block_fn(bb)
+    run = bb.block_fn()
     assert run(seg.head.blocks[0], x).shape == x.shape
     assert torch.allclose(run(seg.head.blocks[0], x), run(bb.blocks[0], x))
     assert seg(torch.randn(2, 3, 16, 16)).shape == (2, 5, 16, 16)

@@ -13,7 +13,7 @@ from .inference import detections_from_outputs, predict_detections, predict_segm
 from .losses import DetectLossConfig, detr_loss, segmentation_loss, set_loss_terms
 from .matcher import MatchCosts, hungarian_match, match_cost
 from .metrics import coco_map, confusion_matrix, per_class_iou, segmentation_scores
-from .model import Detector, Segmenter, lm_block_fn
+from .model import Detector, Segmenter
 from .synthetic import make_synthetic_dense
 
 __all__ = [
@@ -26,5 +26,5 @@ __all__ = [
     "DetectLossConfig", "detr_loss", "segmentation_loss", "set_loss_terms",
     "MatchCosts", "hungarian_match", "match_cost",
     "coco_map", "confusion_matrix", "per_class_iou", "segmentation_scores",
-    "Detector", "Segmenter", "lm_block_fn", "make_synthetic_dense",
+    "Detector", "Segmenter", "make_synthetic_dense",
 ]

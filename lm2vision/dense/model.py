@@ -5,43 +5,12 @@ tokens (B, T, C) with T = grid_size ** 2, and hand them to their head.
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import Lm2vError
 from .heads import DetrHead, DetrHeadConfig, LinearDecoder, MaskTransformer, SegHeadConfig, copy_blocks
-
-
-def _first(out):
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
-def _plain_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return _first(block(x))
-
-
-def _rotary_block_fn(rotary: nn.Module) -> Callable:
-    def run(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        position_ids = torch.arange(x.shape[1], device=x.device)[None]  # (1, T)
-        return _first(block(x, position_embeddings=rotary(x, position_ids)))
-    return run
-
-
-def lm_block_fn(backbone: nn.Module) -> Callable:
-    """How to call one of ``backbone.blocks`` on hidden states (B, T, C) -> (B, T, C).
-
-    GPT-2 and BERT blocks take the hidden states alone (their own default masking: causal for
-    GPT-2, none for BERT); rotary families (LLaMA, Qwen, Mistral) also need the model's cos/sin.
-    """
-    if getattr(backbone.spec, "rotary", False):
-        rotary = getattr(backbone.lm, "rotary_emb", None)
-        if rotary is None:
-            raise Lm2vError(f"{backbone.spec.family}: no rotary_emb on the language model to run its blocks")
-        return _rotary_block_fn(rotary)
-    return _plain_block
 
 
 def patch_tokens(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -75,7 +44,7 @@ class Segmenter(nn.Module):
             self.head: nn.Module = LinearDecoder(C, g, num_classes)
         elif cfg.decoder == "mask" and cfg.init_from_lm_blocks > 0:
             blocks = copy_blocks(backbone.blocks, cfg.init_from_lm_blocks)
-            self.head = MaskTransformer(C, g, num_classes, C, blocks=blocks, block_fn=lm_block_fn(backbone))
+            self.head = MaskTransformer(C, g, num_classes, C, blocks=blocks, block_fn=backbone.block_fn())
             with torch.no_grad():  # start the input projection as identity: tokens enter the copied blocks as-is
                 self.head.proj_dec.weight.copy_(torch.eye(C))
                 self.head.proj_dec.bias.zero_()

@@ -24,6 +24,7 @@ class ArchSpec:
     dropout_keys: tuple[str, ...]  # config fields set by ModelConfig.dropout
     max_positions_key: str | None  # config field bounding the number of tokens
     model_kwargs: tuple[tuple[str, object], ...] = ()  # extra AutoModel kwargs (drop unused parts)
+    rotary_emb: str | None = None  # module giving (cos, sin) to each block of rotary families
 
     @property
     def rotary(self) -> bool:
@@ -45,6 +46,7 @@ _BERT = ArchSpec(
 _LLAMA = ArchSpec(
     family="llama", blocks="layers", word_embed="embed_tokens", pos_embed=None, causal=True,
     attn=("self_attn.",), mlp=("mlp.",), dropout_keys=("attention_dropout",), max_positions_key=None,
+    rotary_emb="rotary_emb",
 )
 
 # Hugging Face ``config.model_type`` -> layout. LLaMA, Qwen2, Qwen3 and Mistral share one layout

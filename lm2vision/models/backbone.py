@@ -8,6 +8,7 @@ norm) -> pooling (B, C) -> linear head (B, K). The interface follows timm:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -207,6 +208,21 @@ class VisionBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+    def block_fn(self) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
+        """How to call one of this family's blocks on hidden states (B, T, C) -> (B, T, C) outside
+        the language model (copies of blocks used as a decoder, say). Blocks keep their own default
+        masking; rotary families also get the model's (cos, sin) for positions 0..T-1."""
+        rotary = _get(self.lm, self.spec.rotary_emb) if self.spec.rotary_emb else None
+
+        def run(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+            kw = {}
+            if rotary is not None:
+                kw["position_embeddings"] = rotary(x, torch.arange(x.shape[1], device=x.device)[None])
+            out = block(x, **kw)
+            return out[0] if isinstance(out, (tuple, list)) else out
+
+        return run
 
     # -- named groups for freezing and analyses -------------------------------------------
     def layer_groups(self) -> dict[str, list[str]]:
