@@ -31,6 +31,7 @@ from ..train.checkpoint import (load_checkpoint, load_full_model, save_checkpoin
                                 trainable_state)
 from ..train.optim import base_lr, build_optimizer, lr_at, set_lr
 from ..train.rundir import MetricsLogger, prepare_run_dir
+from ..utils.device import resolve_device
 from ..utils.io import atomic_write_json
 from .config import DetectConfig, SegmentConfig, check_dense_config
 from .datasets import CocoDetection, SegmentationFolder, detection_collate, list_collate, segmentation_pairs
@@ -49,10 +50,8 @@ def build_backbone(cfg: DetectConfig | SegmentConfig) -> nn.Module:
     config describes the model that was trained).
     """
     if cfg.init:
-        try:
-            from ..train import load_run_model
-        except ImportError:
-            raise Lm2vError("init=RUN_DIR needs lm2vision.train.load_run_model, which this build lacks") from None
+        from ..train import load_run_model
+
         backbone, run_cfg = load_run_model(cfg.init)
         cfg.model = run_cfg.model
     else:
@@ -68,15 +67,6 @@ def _select_trainable(model: nn.Module, cfg) -> None:
     print(trainable_summary(model.backbone))
     n_head = sum(p.numel() for p in model.head.parameters())
     print(f"  dense head {n_head:>12,} train")
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto -> cuda when available, else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise Lm2vError(f"runtime.device={name} but CUDA is not available")
-    return torch.device(name)
 
 
 def autocast(device: torch.device, amp: str):

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from ..data import DataConfig, ImageSet, cap_per_class, load_imageset_splits, preprocess_eval
 from ..errors import Lm2vError
+from ..utils.device import resolve_device
 from .agop import Spectrum, agop, layer_agops, spectrum
 from .alignment import alignment_score
 from .encoders import Side, load_language, load_vision, tokenize
@@ -97,14 +98,6 @@ def check_screen_config(cfg: ScreenConfig) -> None:
         raise Lm2vError(f"align_method must be ridge or cca, got {cfg.align_method!r}")
     if "{}" not in cfg.template:
         raise Lm2vError(f"template must contain {{}} for the class name, got {cfg.template!r}")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise Lm2vError(f"device {name} requested but CUDA is not available")
-    return torch.device(name)
 
 
 # -- paired samples ------------------------------------------------------------------------------
