@@ -21,3 +21,29 @@ TINY_RUN = [
 @pytest.fixture
 def tiny_run():
     return list(TINY_RUN)
+
+
+# the dense training tests: tiny BERT at 32 px, one synthetic set shared by the session
+DENSE_COMMON = [
+    "model.name=tiny-bert", "model.pretrained=false", "model.image_size=32", "model.patch_size=4",
+    "optim.batch_size=32", "optim.lr=0.001", "optim.warmup_epochs=0.5",
+    "runtime.progress=false", "runtime.tensorboard=false", "runtime.seed=0",
+]
+
+
+@pytest.fixture(scope="session")
+def dense_synth(tmp_path_factory):
+    from lm2vision.dense.synthetic import make_synthetic_dense
+
+    return make_synthetic_dense(tmp_path_factory.mktemp("syn"), n_train=256, n_val=64, image_size=32, seed=0)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: the CPU is shared, and it keeps the numbers reproducible."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

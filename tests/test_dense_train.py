@@ -2,34 +2,18 @@
 import json
 
 import pytest
-import torch
 
 from lm2vision.config import load_config
 from lm2vision.dense.config import SegmentConfig
 from lm2vision.dense.engine import run_dense
-from lm2vision.dense.synthetic import make_synthetic_dense
+from conftest import DENSE_COMMON
 
-COMMON = ["model.name=tiny-bert", "model.pretrained=false", "model.image_size=32", "model.patch_size=4",
-          "optim.batch_size=32", "optim.lr=0.001", "optim.warmup_epochs=0.5",
-          "runtime.progress=false", "runtime.tensorboard=false", "runtime.seed=0"]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    return make_synthetic_dense(tmp_path_factory.mktemp("syn"), n_train=256, n_val=64, image_size=32, seed=0)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the CPU is shared; also keeps the numbers reproducible
-    yield
-    torch.set_num_threads(n)
-
-
-def test_segmenter_beats_majority_class(synth, tmp_path):
-    cfg = load_config(SegmentConfig, None, COMMON + [
-        f"data.root={synth}", "data.layout=folder", "data.min_scale=1.0", "data.max_scale=1.0",
+def test_segmenter_beats_majority_class(dense_synth, tmp_path):
+    cfg = load_config(SegmentConfig, None, DENSE_COMMON + [
+        f"data.root={dense_synth}", "data.layout=folder", "data.min_scale=1.0", "data.max_scale=1.0",
         "optim.epochs=6", "optim.lr=0.003", "head.d_model=32", "head.num_layers=1", "head.num_heads=2",
         "infer.mode=slide"])
     s = run_dense(cfg, tmp_path / "seg")

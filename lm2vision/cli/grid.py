@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 from pathlib import Path
 
+import yaml
 from omegaconf import OmegaConf
 
 from ..errors import Lm2vError
@@ -67,8 +67,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if not args.resume:
         prepare_run_dir(out, overwrite=args.overwrite)
-        atomic_write_json(out / "grid.json", {"axes": axes, "overrides": args.overrides})
-        atomic_write_text(out / "config.yaml", json.dumps({"axes": axes, "overrides": args.overrides}))
+        atomic_write_text(out / "config.yaml", yaml.safe_dump({"axes": axes, "overrides": args.overrides}))
     rows = [_run_cell(args, out, dict(zip(axes, values))) for values in itertools.product(*axes.values())]
     table = comparison_table(rows)
     atomic_write_text(out / "summary.md", table + "\n")

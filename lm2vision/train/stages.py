@@ -11,10 +11,9 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 from tqdm.auto import tqdm
 
-from ..config import config_from_dict, save_config, to_dict
+from ..config import save_config, to_dict
 from ..data import DataSplits, ImageSet, load_imageset_splits, random_labels, save_labels
 from ..errors import Lm2vError
 from ..models import VisionBackbone, apply_trainable, create_backbone, trainable_summary
@@ -71,7 +70,7 @@ def stage_train_set(cfg: RunConfig, train: ImageSet, run: Path, rt: Runtime) -> 
 
 def _resume_config(run: Path, cfg: RunConfig) -> RunConfig:
     """A resumed run keeps its saved config; only how it runs now (runtime) may change."""
-    saved = config_from_dict(RunConfig, yaml.safe_load((run / "config.yaml").read_text()))
+    saved = read_run_config(run)
     saved.runtime = cfg.runtime
     return saved
 
