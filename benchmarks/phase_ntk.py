@@ -40,7 +40,7 @@ def build(name: str, image_size: int, patch_size: int, out_dim: int):
     from lm2vision.models import ModelConfig, create_backbone
     from lm2vision.phase.encoders import VisionEmbedder
 
-    source, pretrained = name, name == "minilm"
+    source, pretrained = name, name == "minilm" or Path(name).is_dir()  # a local model folder: its weights
     if name == "gpt2-medium-shape":  # GPT-2 medium's shape, random weights, no download
         from transformers import GPT2Config
 
@@ -90,7 +90,7 @@ def run_one(args, model: str, n: int, method: str):
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["mlp64", "mlp256", "tiny-gpt2"],
-                   help="mlp<width>, tiny-gpt2 / tiny-bert / ..., minilm, gpt2-medium-shape")
+                   help="mlp<width>, tiny-gpt2 / tiny-bert / ..., minilm, a local model folder, gpt2-medium-shape")
     p.add_argument("--samples", nargs="+", type=int, default=[8, 32])
     p.add_argument("--methods", nargs="+", default=["jacobian", "vjp", "projection"])
     p.add_argument("--device", default="cpu")

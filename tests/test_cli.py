@@ -67,3 +67,33 @@ def test_demo_end_to_end_reduced(tmp_path, capsys):
     assert (tmp_path / "d" / "curves.png").stat().st_size > 10_000
     table = (tmp_path / "d" / "results.md").read_text()
     assert table.count("\n") == 6  # header, rule, four rows
+
+
+def test_diverged_run_stops_with_one_line_and_no_nan_checkpoint(tmp_path, capsys):
+    """A loss that turns NaN (here lr = 1e30) stops the run after that epoch: exit 2, one line, no
+    checkpoint of the NaN weights, the NaN epoch still in metrics.jsonl."""
+    run = tmp_path / "r"
+    code = main(["bridge", "--out", str(run), *TINY_RUN, "optim.lr=1e30", "optim.grad_clip=0", "optim.epochs=3"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and "training diverged" in err and "epoch 1 is nan" in err, err
+    assert not (run / "checkpoints" / "last.safetensors").exists()
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1]
+
+
+def test_divergence_keeps_the_last_finite_checkpoint(tmp_path, capsys, monkeypatch):
+    """Epoch 2 diverges: the checkpoint on disk stays the one of epoch 1, and the error says so."""
+    import lm2vision.train.stages as stages
+
+    real = stages.train_one_epoch
+
+    def nan_in_epoch_2(*args, **kw):
+        out = real(*args, **kw)
+        return {**out, "train_loss": float("nan")} if args[3] == 1 else out
+
+    monkeypatch.setattr(stages, "train_one_epoch", nan_in_epoch_2)
+    run = tmp_path / "r"
+    assert main(["bridge", "--out", str(run), *TINY_RUN, "optim.epochs=3"]) == 2
+    assert "still holds epoch 1" in capsys.readouterr().err
+    state = json.loads((run / "checkpoints" / "last.json").read_text())
+    assert state["epoch"] == 1

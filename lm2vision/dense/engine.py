@@ -29,6 +29,7 @@ from ..errors import Lm2vError
 from ..models import apply_trainable, create_backbone, trainable_summary
 from ..train.checkpoint import (load_checkpoint, load_full_model, save_checkpoint, save_full_model, save_tensors,
                                 trainable_state)
+from ..train.loop import check_finite_loss
 from ..train.optim import base_lr, build_optimizer, lr_at, set_lr
 from ..train.rundir import MetricsLogger, prepare_run_dir
 from ..utils.device import resolve_device
@@ -263,6 +264,7 @@ def _epochs(task: DenseTask, cfg, run: Path, model, optimizer, scaler, device, l
                   **{f"val_{k}": v for k, v in metrics.items()}}
         logger.log(record)
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+        check_finite_loss(train_loss, epoch)
         save_checkpoint(run, model, optimizer, {"epoch": epoch + 1, "config": to_dict(cfg)})
     if stop < cfg.optim.epochs:
         print(f"stopped after epoch {stop} (runtime.stop_after); continue with --resume")

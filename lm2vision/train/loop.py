@@ -2,6 +2,7 @@
 sync inside an epoch, every random draw a pure function of (seed, epoch) so resumes are exact."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -13,6 +14,7 @@ from tqdm.auto import tqdm
 
 from ..data import DataConfig, ImageSet, apply_crop_params, epoch_batches, eval_batches, eval_transform
 from ..data.transforms import sample_crop_params
+from ..errors import Lm2vError
 from .config import OptimConfig
 from .distributed import Runtime
 from .optim import base_lr, lr_at, set_lr
@@ -31,6 +33,18 @@ class DeviceSet:
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+
+def check_finite_loss(loss: float, epoch: int) -> None:
+    """Stop a diverged run with a one-line error instead of training on NaN for the remaining epochs.
+
+    Called once per epoch, after the epoch's metrics are logged and before its checkpoint is written,
+    so the last checkpoint on disk is the last finite one (epoch ``epoch``, 0-based: none if 0).
+    """
+    if not math.isfinite(loss):
+        kept = f"checkpoints/last.safetensors still holds epoch {epoch}" if epoch else "no checkpoint was written"
+        raise Lm2vError(f"training diverged: the train loss of epoch {epoch + 1} is {loss}; {kept}; "
+                        "lower optim.blr (or optim.lr) or raise optim.warmup_epochs")
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

@@ -21,7 +21,7 @@ from ..utils.io import atomic_write_json
 from .checkpoint import load_checkpoint, load_full_model, save_checkpoint, save_full_model, save_tensors, trainable_state
 from .config import PROBE_TRAINABLE, RunConfig, check_run_config
 from .distributed import Runtime, full_state_dict, setup_runtime, teardown, unwrap, wrap_model
-from .loop import DeviceSet, Schedule, evaluate, extract_features, train_one_epoch
+from .loop import DeviceSet, Schedule, check_finite_loss, evaluate, extract_features, train_one_epoch
 from .optim import build_optimizer
 from .phase_hooks import PhaseHooks
 from .probe import train_linear_grid
@@ -146,6 +146,7 @@ def _fit(cfg: RunConfig, model: VisionBackbone, train: ImageSet, splits: DataSpl
         logger.log(last)
         _say(rt, f"epoch {epoch + 1}/{cfg.optim.epochs}  loss {tr['train_loss']:.4f}  train acc {tr['train_acc']:.3f}  "
                  f"val acc {va['acc']:.3f}  lr {tr['lr']:.2e}  {last['img_per_s']:.0f} img/s")
+        check_finite_loss(tr["train_loss"], epoch)
         if cfg.runtime.distributed != "fsdp" and rt.is_main:
             save_checkpoint(run, unwrap(net), optimizer, {"epoch": epoch + 1, "config": to_dict(cfg), "phase": phase.state()})
         if cfg.runtime.stop_after and epoch + 1 - start >= cfg.runtime.stop_after and epoch + 1 < cfg.optim.epochs:
