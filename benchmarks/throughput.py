@@ -128,6 +128,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--dropout", type=float, default=None, help="dropout of both models (default: the config's own)")
     ap.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads); 1 on a busy shared CPU")
+    ap.add_argument("--profile", type=int, default=0, metavar="ROWS",
+                    help="after timing, profile one more epoch of ours and print the ROWS costliest kernels/ops")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="device peak for MFU (H100 SXM bf16 dense: 989)")
     return ap.parse_args(argv)
 
@@ -365,10 +367,26 @@ def report_graph_breaks() -> None:
         warn(f"torch.compile: {sum(breaks.values())} graph break(s) in our model: {reasons}")
 
 
+def profile_epoch(run_epoch: Callable[[], None], device: torch.device, rows: int, label: str) -> None:
+    """One more epoch under torch.profiler; prints the ops/kernels with the most self time on the device."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        run_epoch()
+        sync(device)
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    say(f"[{label}] ours: profile of one epoch, by {key}")
+    say(prof.key_averages().table(sort_by=key, row_limit=rows))
+
+
 def measure_ours(args: argparse.Namespace, name: str, s: Setting, batch: int, rt: Runtime, compile_model: bool) -> Result:
     run = build_ours(args, name, s, batch, args.steps, rt, compile_model)
     compiled = warm_up(run, compile_model, args.compile_mode)
     t = time_epochs(lambda e: run.epoch_fn(run.step_model, e), 1, args.epochs, rt.device)
+    if args.profile:
+        profile_epoch(lambda: run.epoch_fn(run.step_model, 1 + args.epochs), rt.device, args.profile, s.label)
     precision = "bf16 autocast" if rt.amp_dtype == torch.bfloat16 else "fp32"
     return make_result(s, "ours", batch, args.steps * batch * args.epochs, t, flops_per_image(run.model),
                        precision=precision, attention="sdpa", compiled=compiled, ckpt=args.grad_ckpt)

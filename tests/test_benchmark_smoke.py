@@ -60,3 +60,20 @@ def test_batch_search_takes_largest_power_of_two_that_fits():
     assert largest_fitting(lambda b: b <= 300, 16, 1024) == 256
     assert largest_fitting(lambda b: True, 16, 1024) == 1024
     assert largest_fitting(lambda b: False, 16, 1024) is None
+
+
+def test_profile_prints_the_costliest_ops(capsys, one_thread):
+    argv = ["--device", "cpu", "--layers", "1", "--width", "32", "--heads", "2", "--sizes", "32/8", "--steps", "2",
+            "--epochs", "1", "--batch", "4", "--no-compile", "--no-baseline", "--profile", "8"]
+    assert _load().main(argv) == 0
+    out = capsys.readouterr().out
+    table = out.split("profile of one epoch, by self_cpu_time_total", 1)[1].split("Self CPU time total")[0]
+    rows = [ln.split() for ln in table.splitlines() if ln.strip() and not ln.startswith("-") and "Name" not in ln]
+    assert len(rows) == 8  # --profile ROWS
+
+    def us(cell: str) -> float:
+        return float(cell.rstrip("mus")) * {"ms": 1e3, "us": 1.0, "s": 1e6}[cell.lstrip("0123456789.")]
+
+    self_time = [us(r[-5]) for r in rows]  # the "Self CPU" column
+    assert self_time == sorted(self_time, reverse=True) and self_time[0] > 0
+    assert any(r[0] == "Optimizer.step#AdamW.step" for r in rows)  # the optimizer step is inside the epoch
