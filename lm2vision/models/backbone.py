@@ -83,12 +83,6 @@ def enable_checkpointing(lm: nn.Module) -> None:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-def _get(module: nn.Module, path: str) -> nn.Module:
-    for part in path.split("."):
-        module = getattr(module, part)
-    return module
-
-
 class VisionBackbone(nn.Module):
     """A Hugging Face language model driven by image patches. Build it with ``create_backbone``."""
 
@@ -125,7 +119,7 @@ class VisionBackbone(nn.Module):
     def _drop_word_embeddings(self) -> None:
         # Patch tokens replace words: keep a 1-row table so the module tree stays intact.
         parent_path, _, leaf = self.spec.word_embed.rpartition(".")
-        parent = _get(self.lm, parent_path) if parent_path else self.lm
+        parent = self.lm.get_submodule(parent_path)  # "" is the model itself
         setattr(parent, leaf, nn.Embedding(1, self.width))
         for p in getattr(parent, leaf).parameters():
             p.requires_grad_(False)
@@ -134,7 +128,7 @@ class VisionBackbone(nn.Module):
         """Zero the LM's own position table unless we reuse it; returns names never to train."""
         fixed = {f"lm.{self.spec.word_embed}.weight"}
         if self.spec.pos_embed and self.positions != "model":
-            table = _get(self.lm, self.spec.pos_embed)
+            table = self.lm.get_submodule(self.spec.pos_embed)
             with torch.no_grad():
                 table.weight.zero_()
             table.weight.requires_grad_(False)
@@ -164,7 +158,7 @@ class VisionBackbone(nn.Module):
     # -- the timm-style interface ---------------------------------------------------------
     @property
     def blocks(self) -> nn.ModuleList:
-        return _get(self.lm, self.spec.blocks)
+        return self.lm.get_submodule(self.spec.blocks)
 
     @property
     def num_blocks(self) -> int:
@@ -213,7 +207,7 @@ class VisionBackbone(nn.Module):
         """How to call one of this family's blocks on hidden states (B, T, C) -> (B, T, C) outside
         the language model (copies of blocks used as a decoder, say). Blocks keep their own default
         masking; rotary families also get the model's (cos, sin) for positions 0..T-1."""
-        rotary = _get(self.lm, self.spec.rotary_emb) if self.spec.rotary_emb else None
+        rotary = self.lm.get_submodule(self.spec.rotary_emb) if self.spec.rotary_emb else None
 
         def run(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
             kw = {}

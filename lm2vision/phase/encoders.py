@@ -102,10 +102,7 @@ class TextEmbedder(nn.Module):
         spec = ARCH.get(getattr(self.model.config, "model_type", ""))
         if spec is None:
             return {}
-        blocks = self.model
-        for part in spec.blocks.split("."):
-            blocks = getattr(blocks, part)
-        return {f"block.{i}": b for i, b in enumerate(blocks)}
+        return {f"block.{i}": b for i, b in enumerate(self.model.get_submodule(spec.blocks))}
 
     def project(self, z: torch.Tensor) -> torch.Tensor:
         return z if self.proj is None else z @ self.proj
