@@ -86,6 +86,7 @@ def test_segment_starts_from_a_bridged_run(tmp_path):
     (["detect", "--out", "{tmp}/x"], "data.root is empty"),
     (["detect", "--out", "{tmp}/x", "--synthetic", "4", "optim.nope=1"], "bad config"),
     (["detect", "--out", "{tmp}/x", "--resume"], "nothing to resume"),
+    (["segment", "--out", "{tmp}/x", "data.root={tmp}", "runtime.amp=fp8"], "runtime.amp must be auto, bf16, fp16 or off"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]

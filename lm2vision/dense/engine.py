@@ -29,6 +29,7 @@ from ..errors import Lm2vError
 from ..models import apply_trainable, create_backbone, trainable_summary
 from ..train.checkpoint import (load_checkpoint, load_full_model, save_checkpoint, save_full_model, save_tensors,
                                 trainable_state)
+from ..train.distributed import resolve_amp
 from ..train.loop import check_finite_loss
 from ..train.optim import base_lr, build_optimizer, lr_at, set_lr
 from ..train.rundir import MetricsLogger, prepare_run_dir
@@ -71,12 +72,9 @@ def _select_trainable(model: nn.Module, cfg) -> None:
 
 
 def autocast(device: torch.device, amp: str):
-    """bf16/fp16 autocast on CUDA (auto = bf16), nothing on CPU."""
-    if amp not in ("auto", "bf16", "fp16", "off"):
-        raise Lm2vError(f"runtime.amp must be auto, bf16, fp16 or off, got {amp!r}")
-    if device.type != "cuda" or amp == "off":
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.float16 if amp == "fp16" else torch.bfloat16)
+    """Autocast on CUDA with the classification loop's rule (``resolve_amp``: auto = bf16); nothing on CPU."""
+    dtype = resolve_amp(amp, device) if device.type == "cuda" else None
+    return contextlib.nullcontext() if dtype is None else torch.autocast("cuda", dtype=dtype)
 
 
 # ----------------------------------------------------------------------------- tasks

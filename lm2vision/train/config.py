@@ -95,6 +95,12 @@ PROBE_TRAINABLE = {
 }
 
 
+def check_amp(amp: str) -> None:
+    """``runtime.amp`` of any command: auto, bf16, fp16 or off."""
+    if amp not in ("auto", "bf16", "fp16", "off"):
+        raise Lm2vError(f"runtime.amp must be auto, bf16, fp16 or off, got {amp!r}")
+
+
 def check_run_config(cfg: RunConfig) -> None:
     """One-line errors for settings that cannot run."""
     if cfg.stage not in STAGE_PRESETS:
@@ -110,8 +116,7 @@ def check_run_config(cfg: RunConfig) -> None:
     o = cfg.optim
     if o.epochs < 1 or o.batch_size < 1:
         raise Lm2vError(f"optim.epochs and optim.batch_size must be >= 1, got {o.epochs} and {o.batch_size}")
-    if cfg.runtime.amp not in ("auto", "bf16", "fp16", "off"):
-        raise Lm2vError(f"runtime.amp must be auto, bf16, fp16 or off, got {cfg.runtime.amp!r}")
+    check_amp(cfg.runtime.amp)
     if (cfg.phase.adaptive_lr or cfg.phase.penalty > 0) and cfg.stage != "bridge":
         raise Lm2vError("phase-aware training (phase.adaptive_lr, phase.penalty) belongs to stage 1 (lm2v bridge)")
     if cfg.runtime.distributed not in ("ddp", "fsdp"):

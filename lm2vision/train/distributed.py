@@ -52,7 +52,8 @@ class Runtime:
         return t
 
 
-def _resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``runtime.amp`` (checked by ``check_amp``): auto = bf16 on CUDA, none elsewhere."""
     if amp == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
@@ -70,7 +71,7 @@ def setup_runtime(cfg: RuntimeConfig) -> Runtime:
         torch.backends.cudnn.allow_tf32 = True
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Runtime(device=device, amp_dtype=_resolve_amp(cfg.amp, device), rank=rank, world_size=world)
+    return Runtime(device=device, amp_dtype=resolve_amp(cfg.amp, device), rank=rank, world_size=world)
 
 
 def wrap_model(model: nn.Module, rt: Runtime, mode: str) -> nn.Module:
