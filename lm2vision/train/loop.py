@@ -123,9 +123,9 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: De
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         sums += torch.stack([loss.detach() * len(y), (logits.argmax(-1) == y).sum().float()])
-    count = rt.all_reduce_sum(torch.tensor(float(order.numel()), device=rt.device))
-    loss_sum, correct = rt.all_reduce_sum(sums).tolist()
-    n = max(float(count), 1.0)
+    count = torch.tensor([float(order.numel())], device=rt.device)  # this rank's images
+    loss_sum, correct, n = rt.all_reduce_sum(torch.cat([sums, count])).tolist()  # one reduction, one sync
+    n = max(n, 1.0)
     return {"train_loss": loss_sum / n, "train_acc": correct / n, "lr": sched(epoch * steps + steps - 1)}
 
 
