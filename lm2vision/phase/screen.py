@@ -123,21 +123,16 @@ def paired_samples(images: ImageSet, n: int, template: str, seed: int) -> Pairs:
     return Pairs(images.images[idx], labels, captions)
 
 
-_SPLITS: dict[str, Any] = {}  # decoded datasets of this process, by their config (decoding takes seconds)
-
-
 def load_pairs(cfg: ScreenConfig) -> Pairs:
-    """The paired samples of ``cfg`` from its dataset split."""
-    key = repr(cfg.data)
-    if key not in _SPLITS:
-        _SPLITS.clear()
-        _SPLITS[key] = load_imageset_splits(cfg.data)
-    return paired_samples(getattr(_SPLITS[key], cfg.split), cfg.samples, cfg.template, cfg.seed)
+    """The paired samples of ``cfg`` from its dataset split (the bundled set is decoded once per process
+    by the data readers)."""
+    return paired_samples(getattr(load_imageset_splits(cfg.data), cfg.split), cfg.samples, cfg.template, cfg.seed)
 
 
 # -- per-model numbers ---------------------------------------------------------------------------
-def _slice(x: Any, n: int) -> Any:
-    return tuple(t[:n] for t in x) if isinstance(x, tuple) else x[:n]
+def _slice(x: Any, n: int, start: int = 0) -> Any:
+    """Samples start..n-1 of an input: a tensor or a tuple of tensors (ids, mask)."""
+    return tuple(t[start:n] for t in x) if isinstance(x, tuple) else x[start:n]
 
 
 @torch.no_grad()
@@ -145,7 +140,7 @@ def _embed(side: Side, x: Any, batch: int) -> torch.Tensor:
     n = num_samples(x)
     out = []
     for s in range(0, n, batch):
-        xb = tuple(t[s:s + batch] for t in x) if isinstance(x, tuple) else x[s:s + batch]
+        xb = _slice(x, s + batch, start=s)
         out.append(side.now.embed(*xb) if isinstance(xb, tuple) else side.now.embed(xb))
     return torch.cat(out).float().cpu()  # (N, C)
 
