@@ -20,10 +20,9 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
-import yaml
 from tqdm.auto import tqdm
 
-from ..config import config_from_dict, save_config, to_dict
+from ..config import save_config, to_dict
 from ..data.transforms import normalize
 from ..errors import Lm2vError
 from ..models import apply_trainable, create_backbone, trainable_summary
@@ -33,6 +32,7 @@ from ..train.distributed import resolve_amp
 from ..train.loop import check_finite_loss
 from ..train.optim import base_lr, build_optimizer, lr_at, set_lr
 from ..train.rundir import MetricsLogger, prepare_run_dir
+from ..train.runs import read_run_config
 from ..utils.device import resolve_device
 from ..utils.io import atomic_write_json
 from .config import DetectConfig, SegmentConfig, check_dense_config
@@ -301,7 +301,7 @@ def load_dense_model(run: str | Path) -> tuple[nn.Module, DetectConfig | Segment
     if summary.get("stage") not in ("detect", "segment"):
         raise Lm2vError(f"{run} is a {summary.get('stage')!r} run, not detect or segment")
     cls = DetectConfig if summary["stage"] == "detect" else SegmentConfig
-    cfg = config_from_dict(cls, yaml.safe_load((run / "config.yaml").read_text()))
+    cfg = read_run_config(run, cls)
     model_cfg = copy.deepcopy(cfg.model)
     model_cfg.pretrained = False
     backbone, K = create_backbone(model_cfg), len(summary["classes"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -14,12 +15,13 @@ from .checkpoint import load_full_model
 from .config import RunConfig
 
 
-def read_run_config(run: str | Path) -> RunConfig:
-    """The resolved config saved in ``run/config.yaml``."""
+def read_run_config(run: str | Path, cls: type = RunConfig) -> Any:
+    """The resolved config saved in ``run/config.yaml``, as ``cls`` (dense runs: DetectConfig /
+    SegmentConfig)."""
     path = Path(run) / "config.yaml"
     if not path.is_file():
         raise Lm2vError(f"{run} is not an lm2v run directory (no config.yaml)")
-    return config_from_dict(RunConfig, yaml.safe_load(path.read_text()))
+    return config_from_dict(cls, yaml.safe_load(path.read_text()))
 
 
 def read_summary(run: str | Path) -> dict:
