@@ -54,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from lm2vision.data import DataConfig, train_transform  # noqa: E402
 from lm2vision.errors import Lm2vError  # noqa: E402
 from lm2vision.models import ModelConfig, TrainableSpec, VisionBackbone, apply_trainable, create_backbone  # noqa: E402
-from lm2vision.train.config import OptimConfig, RuntimeConfig  # noqa: E402
+from lm2vision.train.config import OptimConfig, RuntimeConfig, sdpa_backends  # noqa: E402
 from lm2vision.train.distributed import Runtime, setup_runtime  # noqa: E402
 from lm2vision.train.loop import DeviceSet, Schedule, train_one_epoch  # noqa: E402
 from lm2vision.train.optim import build_optimizer, lr_at, set_lr  # noqa: E402
@@ -96,6 +96,7 @@ class Result:
     flops_per_image: float
     peak_bytes: int | None
     act_bytes_per_image: float | None
+    gemm_s_per_image: float | None = None  # the blocks' matrix products alone (--ceiling)
 
     def mfu(self, peak_tflops: float) -> float:
         return self.img_per_s * self.flops_per_image / (peak_tflops * 1e12)
@@ -116,6 +117,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="torch.compile our model (default: on for CUDA)")
     ap.add_argument("--compile-mode", default="default", help="reduce-overhead adds CUDA graphs",
                     choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"])
+    ap.add_argument("--sdpa", default="auto",
+                    help="ours: runtime.sdpa, the allowed SDPA backends (auto = PyTorch's order; see attention.py)")
     ap.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing in our model")
     ap.add_argument("--amp", choices=["bf16", "off"], default=None, help="our autocast (default: bf16 on CUDA, off on CPU)")
     ap.add_argument("--steps", type=int, default=20, help="optimizer steps per epoch")
@@ -130,6 +133,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads); 1 on a busy shared CPU")
     ap.add_argument("--profile", type=int, default=0, metavar="ROWS",
                     help="after timing, profile one more epoch of ours and print the ROWS costliest kernels/ops")
+    ap.add_argument("--ceiling", action=argparse.BooleanOptionalAction, default=None,
+                    help="also time the blocks' matrix products alone at our batch (default: on for CUDA)")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="device peak for MFU (H100 SXM bf16 dense: 989)")
     return ap.parse_args(argv)
 
@@ -163,6 +168,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise Lm2vError("--hf-config fixes the shape: drop --layers/--width/--heads")
     if args.steps < 1 or args.epochs < 1:
         raise Lm2vError("--steps and --epochs must be >= 1")
+    sdpa_backends(args.sdpa)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise Lm2vError("--device cuda but no CUDA device is available")
 
@@ -367,6 +373,54 @@ def report_graph_breaks() -> None:
         warn(f"torch.compile: {sum(breaks.values())} graph break(s) in our model: {reasons}")
 
 
+def block_gemms(model: VisionBackbone) -> list[tuple[int, int]]:
+    """(in, out) of every weight matrix one block applies to each token (Linear and GPT-2's Conv1D)."""
+    shapes = []
+    for m in model.blocks[0].modules():
+        if isinstance(m, nn.Linear):
+            shapes.append((m.in_features, m.out_features))
+        elif type(m).__name__ == "Conv1D":  # transformers' GPT-2 layer: weight (in, out)
+            shapes.append(tuple(m.weight.shape))
+    return shapes
+
+
+def median_seconds(fn: Callable[[], torch.Tensor], device: torch.device, reps: int = 10) -> float:
+    """Median time of ``fn`` over ``reps`` runs after 3 warm-ups (CUDA events on GPU, perf_counter on CPU)."""
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def gemm_seconds_per_image(shapes: list[tuple[int, int]], blocks: int, tokens: int, batch: int, dtype: torch.dtype,
+                           device: torch.device) -> float:
+    """Seconds per image of the blocks' matrix products alone at ``batch``: for every weight
+    (k, n) of a block (``shapes``, from :func:`block_gemms`), Y = X W, dX = dY W^T and dW = X^T dY on random (batch * T)-row operands,
+    times the number of blocks. The rest of the step (norms, activations, attention, optimizer)
+    costs nothing here, so batch / this is an upper bound on img/s for this shape and library."""
+    M = batch * tokens
+    total = 0.0
+    g = torch.Generator(device=device).manual_seed(0)
+    for k, n in shapes:
+        x, w, dy = (torch.randn(*shape, device=device, dtype=dtype, generator=g) for shape in ((M, k), (k, n), (M, n)))
+        for fn in (lambda: x @ w, lambda: dy @ w.T, lambda: x.T @ dy):
+            total += median_seconds(fn, device)
+        del x, w, dy
+    return total * blocks / batch
+
+
 def profile_epoch(run_epoch: Callable[[], None], device: torch.device, rows: int, label: str) -> None:
     """One more epoch under torch.profiler; prints the ops/kernels with the most self time on the device."""
     from torch.profiler import ProfilerActivity, profile
@@ -379,6 +433,34 @@ def profile_epoch(run_epoch: Callable[[], None], device: torch.device, rows: int
     key = "self_device_time_total" if cuda else "self_cpu_time_total"
     say(f"[{label}] ours: profile of one epoch, by {key}")
     say(prof.key_averages().table(sort_by=key, row_limit=rows))
+    if cuda:
+        say(f"[{label}] ours: device time by kernel kind: " + kernel_shares(prof.key_averages()))
+
+
+KERNEL_KINDS = (  # first match wins; names as cuBLAS, PyTorch and Inductor give their kernels
+    ("matmul", ("gemm", "xmma", "cutlass", "nvjet", "cublas")),
+    ("attention", ("flash", "fmha", "attention")),
+    ("optimizer + clipping", ("adam", "multi_tensor", "foreach")),
+    ("inductor (fused pointwise/norms)", ("triton_",)),
+)
+
+
+def kernel_kind(name: str) -> str:
+    low = name.lower()
+    return next((kind for kind, keys in KERNEL_KINDS if any(k in low for k in keys)), "other")
+
+
+def kernel_shares(events) -> str:
+    """'matmul 61.2% (80.1 ms), ...': each kind's share of all device kernel time in ``events``."""
+    from torch.autograd import DeviceType
+
+    totals: dict[str, float] = {}
+    for e in events:
+        if e.device_type == DeviceType.CUDA:
+            totals[kernel_kind(e.key)] = totals.get(kernel_kind(e.key), 0.0) + e.self_device_time_total
+    whole = sum(totals.values()) or 1.0
+    parts = sorted(totals.items(), key=lambda kv: -kv[1])
+    return ", ".join(f"{k} {100 * v / whole:.1f}% ({v / 1e3:.1f} ms)" for k, v in parts) + f"; total {whole / 1e3:.1f} ms"
 
 
 def measure_ours(args: argparse.Namespace, name: str, s: Setting, batch: int, rt: Runtime, compile_model: bool) -> Result:
@@ -388,8 +470,15 @@ def measure_ours(args: argparse.Namespace, name: str, s: Setting, batch: int, rt
     if args.profile:
         profile_epoch(lambda: run.epoch_fn(run.step_model, 1 + args.epochs), rt.device, args.profile, s.label)
     precision = "bf16 autocast" if rt.amp_dtype == torch.bfloat16 else "fp32"
-    return make_result(s, "ours", batch, args.steps * batch * args.epochs, t, flops_per_image(run.model),
-                       precision=precision, attention="sdpa", compiled=compiled, ckpt=args.grad_ckpt)
+    attention = "sdpa" if args.sdpa == "auto" else f"sdpa {args.sdpa}"
+    result = make_result(s, "ours", batch, args.steps * batch * args.epochs, t, flops_per_image(run.model),
+                         precision=precision, attention=attention, compiled=compiled, ckpt=args.grad_ckpt)
+    if args.ceiling if args.ceiling is not None else rt.device.type == "cuda":
+        shape = (block_gemms(run.model), run.model.num_blocks, run.model.num_tokens)
+        run = None  # free the step's memory for the operands
+        free_memory(rt.device)
+        result.gemm_s_per_image = gemm_seconds_per_image(*shape, batch, rt.amp_dtype or torch.float32, rt.device)
+    return result
 
 
 def run_ours(args: argparse.Namespace, name: str, s: Setting, batch: int | None, rt: Runtime, compile_model: bool) -> Result:
@@ -538,6 +627,11 @@ def footnotes(results: list[Result], args: argparse.Namespace, device: torch.dev
     for r in results:
         if r.run == "ours":
             notes.append(f"{r.setting.label}: {r.flops_per_image / 1e9:.4g} GFLOP/img")
+        if r.gemm_s_per_image:
+            ceiling = 1.0 / r.gemm_s_per_image
+            notes.append(f"{r.setting.label}: the blocks' matrix products alone (batch {r.batch}, random operands) run at "
+                         f"{ceiling:.1f} img/s = {100 * ceiling * r.flops_per_image / (args.peak_tflops * 1e12):.3g}% MFU; "
+                         f"they are {100 * r.img_per_s * r.gemm_s_per_image:.3g}% of our step's time")
     ours = {r.setting.label: r for r in results if r.run == "ours"}
     if "224/16" in ours and "32/4" in ours:
         speed = ours["32/4"].img_per_s / ours["224/16"].img_per_s
@@ -557,7 +651,8 @@ def describe(args: argparse.Namespace, name: str, device: torch.device) -> str:
 def run_benchmark(args: argparse.Namespace, name: str) -> list[Result]:
     if args.threads:
         torch.set_num_threads(args.threads)
-    rt = setup_runtime(RuntimeConfig(device=args.device, amp=args.amp or ("bf16" if args.device.startswith("cuda") else "off")))
+    amp = args.amp or ("bf16" if args.device.startswith("cuda") else "off")
+    rt = setup_runtime(RuntimeConfig(device=args.device, amp=amp, sdpa=args.sdpa))
     compile_model = rt.device.type == "cuda" if args.compile is None else args.compile
     say(describe(args, name, rt.device))
     results = []

@@ -77,3 +77,55 @@ def test_profile_prints_the_costliest_ops(capsys, one_thread):
     self_time = [us(r[-5]) for r in rows]  # the "Self CPU" column
     assert self_time == sorted(self_time, reverse=True) and self_time[0] > 0
     assert any(r[0] == "Optimizer.step#AdamW.step" for r in rows)  # the optimizer step is inside the epoch
+
+
+def test_ceiling_times_every_block_matrix(capsys, one_thread):
+    tb = _load()
+    argv = ["--device", "cpu", "--layers", "1", "--width", "32", "--heads", "2", "--sizes", "32/8", "--steps", "2",
+            "--epochs", "1", "--batch", "4", "--no-compile", "--no-baseline", "--ceiling"]
+    assert tb.main(argv) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if "matrix products alone" in ln)
+    share = float(line.split("they are ")[1].split("%")[0])
+    assert 0 < share < 100  # the matmuls are part of the step, never all of it
+
+
+def test_block_gemms_are_the_family_weights():
+    from lm2vision.models import ModelConfig, create_backbone
+
+    tb = _load()
+    gpt2 = create_backbone(ModelConfig(name="tiny-gpt2", pretrained=False))
+    C = gpt2.width
+    assert tb.block_gemms(gpt2) == [(C, 3 * C), (C, C), (C, 4 * C), (4 * C, C)]  # Conv1D c_attn, c_proj, c_fc, c_proj
+    bert = create_backbone(ModelConfig(name="tiny-bert", pretrained=False))
+    C, F_ = bert.width, bert.lm.config.intermediate_size
+    assert tb.block_gemms(bert) == [(C, C)] * 4 + [(C, F_), (F_, C)]  # q, k, v, out, intermediate, output
+
+
+def test_kernel_kinds_of_known_kernel_names():
+    kind = _load().kernel_kind
+    assert kind("nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_TNT") == "matmul"
+    assert kind("sm90_xmma_gemm_bf16bf16_bf16f32") == "matmul"
+    assert kind("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma") == "attention"
+    assert kind("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<...>") == "optimizer + clipping"
+    assert kind("triton_per_fused__to_copy_add_native_dropout_native_layer_norm_3") == "inductor (fused pointwise/norms)"
+    assert kind("void at::native::reduce_kernel<128, 4>") == "other"
+
+
+ATTENTION = Path(__file__).resolve().parents[1] / "benchmarks" / "attention.py"
+
+
+def test_attention_script_times_each_backend(capsys, one_thread):
+    spec = importlib.util.spec_from_file_location("lm2v_attention", ATTENTION)
+    att = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(att)
+    argv = ["--device", "cpu", "--batch", "2", "--heads", "2", "--tokens", "16", "--head-dim", "8", "--causal",
+            "--backends", "math,flash,cudnn", "--reps", "3"]
+    assert att.main(argv) == 0
+    captured = capsys.readouterr()
+    rows = {ln.split("|")[1].strip(): ln.split("|")[2].strip() for ln in captured.out.splitlines()
+            if ln.startswith("| ") and "backend" not in ln}
+    assert float(rows["math"]) > 0 and float(rows["flash"]) > 0  # both run on CPU
+    assert rows["cudnn"] == "n/a" and "cudnn: cannot run this case" in captured.err
+    assert captured.out.splitlines()[-1] in ("fastest: math", "fastest: flash")
+    assert att.main(["--device", "cpu", "--backends", "math,xformers"]) == 2
+    assert "unknown backend(s) ['xformers']" in capsys.readouterr().err

@@ -26,6 +26,7 @@ def test_bridge_then_probe_from_the_command_line(tmp_path, capsys):
     (["train", "data.dataset=/nonexistent/data"], "/nonexistent/data"),
     (["train", "nosuchkey=1"], "bad config"),
     (["train", "model.pooling"], "key=value"),
+    (["train", "runtime.sdpa=flash,xformers"], "runtime.sdpa must be auto or a comma list of cudnn, flash, efficient, math"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, match):
     code = main([argv[0], "--out", str(tmp_path / "r"), *TINY_RUN, *argv[1:]])

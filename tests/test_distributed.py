@@ -57,3 +57,20 @@ def test_two_gloo_processes_match_one_process(tmp_path, stage_args):
         for key in ("train_loss", "train_acc", "val_acc", "test_acc"):
             if key in a:
                 assert b[key] == pytest.approx(a[key], abs=1e-4), key
+
+
+def test_runtime_sdpa_switches_pytorch_backends():
+    from lm2vision.train.config import RuntimeConfig
+    from lm2vision.train.distributed import setup_runtime
+
+    names = ("cudnn", "flash", "mem_efficient", "math")
+    before = {n: getattr(torch.backends.cuda, f"{n}_sdp_enabled")() for n in names}
+    try:
+        setup_runtime(RuntimeConfig(device="cpu", sdpa="flash,math"))
+        assert {n: getattr(torch.backends.cuda, f"{n}_sdp_enabled")() for n in names} == {
+            "cudnn": False, "flash": True, "mem_efficient": False, "math": True}
+        setup_runtime(RuntimeConfig(device="cpu"))  # auto leaves them as they are
+        assert not torch.backends.cuda.cudnn_sdp_enabled() and torch.backends.cuda.flash_sdp_enabled()
+    finally:
+        for n, on in before.items():
+            getattr(torch.backends.cuda, f"enable_{n}_sdp")(on)

@@ -177,3 +177,17 @@ def test_half_precision_checkpoints_build_in_float32(tmp_path):
         m = create_backbone(ModelConfig(name=str(tmp_path), pretrained=pretrained))
         assert {p.dtype for p in m.parameters()} == {torch.float32}
         assert torch.isfinite(m(torch.randn(1, 3, 32, 32))).all()
+
+
+@pytest.mark.parametrize("shape, p", [((2, 3, 8, 12), 4), ((1, 3, 32, 32), 16)])
+def test_patch_embed_is_the_strided_conv(shape, p):
+    from lm2vision.models.backbone import PatchEmbed
+
+    torch.manual_seed(0)
+    embed = PatchEmbed(p, 5).double()
+    torch.nn.init.normal_(embed.proj.bias)
+    x = torch.randn(shape, dtype=torch.float64)
+    ref = F.conv2d(x, embed.proj.weight, embed.proj.bias, stride=p).flatten(2).transpose(1, 2)  # (B, T, C), row-major
+    out = embed(x)
+    assert out.shape == (shape[0], (shape[2] // p) * (shape[3] // p), 5)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)

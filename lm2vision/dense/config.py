@@ -10,7 +10,7 @@ from typing import List, Optional
 
 from ..errors import Lm2vError
 from ..models import ModelConfig, TrainableSpec
-from ..train.config import OptimConfig, RuntimeConfig, check_amp
+from ..train.config import OptimConfig, RuntimeConfig, check_runtime
 from .heads import DetrHeadConfig, SegHeadConfig
 from .losses import DetectLossConfig
 
@@ -99,7 +99,7 @@ def check_dense_config(cfg: DetectConfig | SegmentConfig) -> None:
         raise Lm2vError(f"infer.mode {cfg.infer.mode!r} is not supported for {'detection (resize only)' if detect else 'segmentation (resize, slide)'}")
     if cfg.optim.epochs < 1 or cfg.optim.batch_size < 1:
         raise Lm2vError("optim.epochs and optim.batch_size must be >= 1")
-    check_amp(cfg.runtime.amp)
+    check_runtime(cfg.runtime)
     if cfg.eval_every < 1:
         raise Lm2vError(f"eval_every must be >= 1, got {cfg.eval_every}")
     if not 0 < cfg.data.min_scale <= cfg.data.max_scale:

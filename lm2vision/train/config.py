@@ -57,6 +57,7 @@ class RuntimeConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp16 | off
+    sdpa: str = "auto"  # auto (PyTorch's order) or the allowed SDPA backends, e.g. "flash,efficient,math"
     compile: bool = False
     eval_batch_size: int = 256
     distributed: str = "ddp"  # ddp | fsdp: the wrapper used when launched by torchrun
@@ -95,10 +96,24 @@ PROBE_TRAINABLE = {
 }
 
 
-def check_amp(amp: str) -> None:
-    """``runtime.amp`` of any command: auto, bf16, fp16 or off."""
-    if amp not in ("auto", "bf16", "fp16", "off"):
-        raise Lm2vError(f"runtime.amp must be auto, bf16, fp16 or off, got {amp!r}")
+SDPA_BACKENDS = ("cudnn", "flash", "efficient", "math")
+
+
+def sdpa_backends(text: str) -> tuple[str, ...] | None:
+    """``runtime.sdpa`` parsed: None for auto (PyTorch's own priority), else the allowed backends."""
+    if text == "auto":
+        return None
+    names = tuple(n.strip() for n in str(text).split(","))
+    if not all(n in SDPA_BACKENDS for n in names):
+        raise Lm2vError(f"runtime.sdpa must be auto or a comma list of {', '.join(SDPA_BACKENDS)}, got {text!r}")
+    return names
+
+
+def check_runtime(cfg: RuntimeConfig) -> None:
+    """``runtime`` settings of any command: amp is auto, bf16, fp16 or off; sdpa names real backends."""
+    if cfg.amp not in ("auto", "bf16", "fp16", "off"):
+        raise Lm2vError(f"runtime.amp must be auto, bf16, fp16 or off, got {cfg.amp!r}")
+    sdpa_backends(cfg.sdpa)
 
 
 def check_run_config(cfg: RunConfig) -> None:
@@ -116,7 +131,7 @@ def check_run_config(cfg: RunConfig) -> None:
     o = cfg.optim
     if o.epochs < 1 or o.batch_size < 1:
         raise Lm2vError(f"optim.epochs and optim.batch_size must be >= 1, got {o.epochs} and {o.batch_size}")
-    check_amp(cfg.runtime.amp)
+    check_runtime(cfg.runtime)
     if (cfg.phase.adaptive_lr or cfg.phase.penalty > 0) and cfg.stage != "bridge":
         raise Lm2vError("phase-aware training (phase.adaptive_lr, phase.penalty) belongs to stage 1 (lm2v bridge)")
     if cfg.runtime.distributed not in ("ddp", "fsdp"):

@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from ..utils.device import resolve_device
-from .config import RuntimeConfig
+from .config import SDPA_BACKENDS, RuntimeConfig, sdpa_backends
 
 
 @dataclass
@@ -53,14 +53,27 @@ class Runtime:
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of ``runtime.amp`` (checked by ``check_amp``): auto = bf16 on CUDA, none elsewhere."""
+    """The autocast dtype of ``runtime.amp`` (checked by ``check_runtime``): auto = bf16 on CUDA, none elsewhere."""
     if amp == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
 
 
+def apply_sdpa(text: str) -> None:
+    """Allow only the SDPA backends of ``runtime.sdpa`` (PyTorch's process-wide switches); auto
+    leaves them alone. PyTorch picks by a fixed priority, not by speed: ``benchmarks/attention.py``
+    times each backend on a given shape."""
+    allowed = sdpa_backends(text)
+    if allowed is None:
+        return
+    switch = {"cudnn": torch.backends.cuda.enable_cudnn_sdp, "flash": torch.backends.cuda.enable_flash_sdp,
+              "efficient": torch.backends.cuda.enable_mem_efficient_sdp, "math": torch.backends.cuda.enable_math_sdp}
+    for name in SDPA_BACKENDS:
+        switch[name](name in allowed)
+
+
 def setup_runtime(cfg: RuntimeConfig) -> Runtime:
-    """Join the process group when launched by torchrun (nccl on GPU, gloo on CPU)."""
+    """Join the process group when launched by torchrun (nccl on GPU, gloo on CPU); apply ``runtime.sdpa``."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -69,6 +82,7 @@ def setup_runtime(cfg: RuntimeConfig) -> Runtime:
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    apply_sdpa(cfg.sdpa)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return Runtime(device=device, amp_dtype=resolve_amp(cfg.amp, device), rank=rank, world_size=world)
