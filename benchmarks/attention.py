@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from lm2vision.utils.timing import median_seconds  # noqa: E402
 
 BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
             "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
@@ -50,26 +54,6 @@ def make_qkv(args: argparse.Namespace, device: torch.device, dtype: torch.dtype)
     return qkv, *(qkv[:, :, i].transpose(1, 2) for i in range(3))
 
 
-def step_seconds(fn, device: torch.device, reps: int) -> float:
-    """Median seconds of ``fn()`` over ``reps`` runs after 3 warm-ups."""
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
-
-
 def time_backend(args: argparse.Namespace, name: str, device: torch.device, dtype: torch.dtype) -> float | None:
     """Seconds per forward + backward with only ``name`` allowed; None if it cannot run this case."""
     qkv, q, k, v = make_qkv(args, device, dtype)
@@ -82,7 +66,7 @@ def time_backend(args: argparse.Namespace, name: str, device: torch.device, dtyp
         qkv.grad = None
 
     try:
-        return step_seconds(fwd_bwd, device, args.reps)
+        return median_seconds(fwd_bwd, device, args.reps)
     except RuntimeError as e:  # "No available kernel" and kernel-specific refusals
         print(f"{name}: cannot run this case ({str(e).strip().splitlines()[0][:160]})", file=sys.stderr)
         return None

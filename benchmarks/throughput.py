@@ -58,6 +58,7 @@ from lm2vision.train.config import OptimConfig, RuntimeConfig, sdpa_backends  # 
 from lm2vision.train.distributed import Runtime, setup_runtime  # noqa: E402
 from lm2vision.train.loop import DeviceSet, Schedule, train_one_epoch  # noqa: E402
 from lm2vision.train.optim import build_optimizer, lr_at, set_lr  # noqa: E402
+from lm2vision.utils.timing import median_seconds  # noqa: E402
 
 GPT2_MEDIUM = dict(layers=24, width=1024, heads=16)
 STORE_SIZE = 32  # stored images are CIFAR-sized; the augmentation resizes them to the model's input
@@ -382,26 +383,6 @@ def block_gemms(model: VisionBackbone) -> list[tuple[int, int]]:
         elif type(m).__name__ == "Conv1D":  # transformers' GPT-2 layer: weight (in, out)
             shapes.append(tuple(m.weight.shape))
     return shapes
-
-
-def median_seconds(fn: Callable[[], torch.Tensor], device: torch.device, reps: int = 10) -> float:
-    """Median time of ``fn`` over ``reps`` runs after 3 warm-ups (CUDA events on GPU, perf_counter on CPU)."""
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
 
 
 def gemm_seconds_per_image(shapes: list[tuple[int, int]], blocks: int, tokens: int, batch: int, dtype: torch.dtype,
