@@ -66,12 +66,11 @@ class PatchEmbed(nn.Module):
 
     def __init__(self, patch_size: int, width: int):
         super().__init__()
-        self.patch_size = patch_size
         self.proj = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, ch, H, W = x.shape  # (B, 3, H, W) -> (B, T, 3 * p * p), each row ordered as the weight's (3, p, p)
-        p = self.patch_size
+        p = self.proj.kernel_size[0]
         patches = x.reshape(B, ch, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5)  # (B, h, w, 3, p, p)
         patches = patches.reshape(B, (H // p) * (W // p), ch * p * p)
         return F.linear(patches, self.weight_matrix(), self.proj.bias)  # (B, T, C)
