@@ -387,10 +387,10 @@ def block_gemms(model: VisionBackbone) -> list[tuple[int, int]]:
 
 def gemm_seconds_per_image(shapes: list[tuple[int, int]], blocks: int, tokens: int, batch: int, dtype: torch.dtype,
                            device: torch.device) -> float:
-    """Seconds per image of the blocks' matrix products alone at ``batch``: for every weight
-    (k, n) of a block (``shapes``, from :func:`block_gemms`), Y = X W, dX = dY W^T and dW = X^T dY on random (batch * T)-row operands,
-    times the number of blocks. The rest of the step (norms, activations, attention, optimizer)
-    costs nothing here, so batch / this is an upper bound on img/s for this shape and library."""
+    """Seconds per image of the blocks' matrix products alone at ``batch``: for every weight (k, n)
+    of a block (``shapes``, from :func:`block_gemms`), Y = X W, dX = dY W^T and dW = X^T dY on random
+    (batch * T)-row operands, times the number of blocks. The rest of the step (norms, activations,
+    attention, optimizer) costs nothing here, so 1 / this bounds img/s for this shape and library."""
     M = batch * tokens
     total = 0.0
     g = torch.Generator(device=device).manual_seed(0)
@@ -438,7 +438,8 @@ def kernel_shares(events) -> str:
     totals: dict[str, float] = {}
     for e in events:
         if e.device_type == DeviceType.CUDA:
-            totals[kernel_kind(e.key)] = totals.get(kernel_kind(e.key), 0.0) + e.self_device_time_total
+            kind = kernel_kind(e.key)
+            totals[kind] = totals.get(kind, 0.0) + e.self_device_time_total
     whole = sum(totals.values()) or 1.0
     parts = sorted(totals.items(), key=lambda kv: -kv[1])
     return ", ".join(f"{k} {100 * v / whole:.1f}% ({v / 1e3:.1f} ms)" for k, v in parts) + f"; total {whole / 1e3:.1f} ms"
