@@ -44,7 +44,7 @@ def test_two_gloo_processes_match_one_process(tmp_path, stage_args):
     for nproc in (1, 2):
         out = tmp_path / f"np{nproc}"
         proc = _lm2v([stage_args[0], "--out", str(out), *over, *stage_args[1:]], nproc)
-        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.returncode == 0, proc.stderr[-6000:]
         assert f"{nproc} process(es)" in proc.stdout + proc.stderr
         results[nproc] = (load_file(str(out / "model.safetensors")), read_metrics(out))
     (w1, m1), (w2, m2) = results[1], results[2]
@@ -74,3 +74,18 @@ def test_runtime_sdpa_switches_pytorch_backends():
     finally:
         for n, on in before.items():
             getattr(torch.backends.cuda, f"enable_{n}_sdp")(on)
+
+
+def test_teardown_leaves_a_gloo_group_and_releases_the_gil(monkeypatch):
+    import torch.distributed as dist
+
+    from lm2vision.train import distributed as D
+
+    slept = []
+    monkeypatch.setattr(D.time, "sleep", lambda s: slept.append((s, dist.is_initialized())))
+    D.teardown(D.Runtime(device=torch.device("cpu"), amp_dtype=None))  # one process: nothing to leave
+    assert slept == []
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    D.teardown(D.Runtime(device=torch.device("cpu"), amp_dtype=None, rank=0, world_size=2))
+    assert not dist.is_initialized()
+    assert slept == [(D.GLOO_DRAIN_S, False)]  # the sleep comes after the group is gone
