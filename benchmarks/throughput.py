@@ -58,6 +58,7 @@ from lm2vision.train.config import OptimConfig, RuntimeConfig, sdpa_backends  # 
 from lm2vision.train.distributed import Runtime, setup_runtime  # noqa: E402
 from lm2vision.train.loop import DeviceSet, Schedule, train_one_epoch  # noqa: E402
 from lm2vision.train.optim import build_optimizer, lr_at, set_lr  # noqa: E402
+from lm2vision.utils.tables import markdown_table  # noqa: E402
 from lm2vision.utils.timing import median_seconds  # noqa: E402
 
 GPT2_MEDIUM = dict(layers=24, width=1024, heads=16)
@@ -597,11 +598,11 @@ def table_row(r: Result, peak_tflops: float, base: Result | None) -> list[str]:
 
 
 def format_table(results: list[Result], peak_tflops: float) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    rows = []
     for r in results:
         base = next((b for b in results if b.setting == r.setting and b.run == "baseline"), None)
-        lines.append("| " + " | ".join(table_row(r, peak_tflops, base)) + " |")
-    return "\n".join(lines)
+        rows.append(dict(zip(COLUMNS, table_row(r, peak_tflops, base))))  # cells pre-formatted per column
+    return markdown_table(rows, COLUMNS)
 
 
 def footnotes(results: list[Result], args: argparse.Namespace, device: torch.device) -> str:

@@ -19,15 +19,19 @@ T = TypeVar("T")
 
 
 def load_config(
-    cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = (), presets: Sequence[str] = ()
+    cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = (), presets: Sequence[str] = (),
+    base: dict | None = None,
 ) -> T:
-    """Build ``cls`` from its defaults, ``presets`` (a command's own defaults), an optional YAML
-    file and ``a.b=value`` overrides, in that order.
+    """Build ``cls`` from its defaults, ``presets`` (a command's own defaults), ``base`` (a nested
+    dict, e.g. the model of an ``--init`` run), an optional YAML file and ``a.b=value`` overrides,
+    in that order.
 
-    Unknown keys and wrongly typed values raise :class:`Lm2vError` with a one-line message.
+    Unknown keys, wrongly typed values and values outside a field's declared choices or bounds
+    (:func:`validate`) raise :class:`Lm2vError` with a one-line message.
     """
-    base = OmegaConf.structured(cls)
-    layers = [base, OmegaConf.from_dotlist(list(presets))]
+    layers = [OmegaConf.structured(cls), OmegaConf.from_dotlist(list(presets))]
+    if base:
+        layers.append(OmegaConf.create(base))
     if path is not None:
         p = Path(path)
         if not p.is_file():
@@ -39,10 +43,12 @@ def load_config(
     layers.append(OmegaConf.from_dotlist(list(overrides)))
     try:
         merged = OmegaConf.merge(*layers)
-        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+        cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         msg = str(e).splitlines()[0]
         raise Lm2vError(f"bad config: {msg}") from None
+    validate(cfg)
+    return cfg  # type: ignore[return-value]
 
 
 def to_dict(cfg: Any) -> dict:
@@ -60,6 +66,66 @@ def save_config(cfg: Any, path: str | Path) -> None:
 def config_from_dict(cls: type[T], data: dict) -> T:
     """Rebuild a config saved by :func:`save_config` (unknown keys are an error)."""
     try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), OmegaConf.create(data)))  # type: ignore
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), OmegaConf.create(data)))
     except OmegaConfBaseException as e:
         raise Lm2vError(f"bad saved config: {str(e).splitlines()[0]}") from None
+    validate(cfg)
+    return cfg  # type: ignore[return-value]
+
+
+# -- declared choices and ranges ------------------------------------------------------------------
+# A config field states what it accepts in its metadata, next to its default:
+#     mode: str = field(default="reinit", metadata=choices("reinit", "linear", "finetune"))
+#     ratio: float = field(default=0.0, metadata=bounds(ge=0, le=1))
+# and :func:`validate` checks every such field of a config and of the configs nested in it. The
+# per-config ``check_*`` functions keep only the rules that tie several fields together.
+# (OmegaConf also enforces typing.Literal annotations, but in its own words, without ranges, and
+# not for configs built in Python.)
+
+
+def choices(*allowed: Any) -> dict:
+    """Field metadata: the value (or, for a list, each item) must be one of ``allowed``."""
+    return {"choices": allowed}
+
+
+def bounds(ge: float | None = None, gt: float | None = None, le: float | None = None,
+           lt: float | None = None) -> dict:
+    """Field metadata: a number within these bounds (``ge`` >=, ``gt`` >, ``le`` <=, ``lt`` <).
+    None always passes: in an Optional field it means "unset"."""
+    return {"bounds": {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}}
+
+
+def validate(cfg: Any, path: str = "") -> None:
+    """Check the declared choices and bounds of every field of ``cfg`` and of the configs nested in
+    it; the first violation raises :class:`Lm2vError` naming the field by its dotted path."""
+    for f in dataclasses.fields(cfg):
+        name, value = f"{path}.{f.name}" if path else f.name, getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            validate(value, name)
+        if "choices" in f.metadata:
+            _check_choice(name, value, f.metadata["choices"])
+        if "bounds" in f.metadata and value is not None:
+            _check_bounds(name, value, f.metadata["bounds"])
+
+
+def _check_choice(name: str, value: Any, allowed: tuple) -> None:
+    items, what = (value, f"{name} items") if isinstance(value, (list, tuple)) else ([value], name)
+    for item in items:
+        if item not in allowed:
+            raise Lm2vError(f"{what} must be one of {', '.join(map(str, allowed))}, got {item!r}")
+
+
+_RELATIONS = {"ge": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b),
+              "le": ("<=", lambda v, b: v <= b), "lt": ("<", lambda v, b: v < b)}
+
+
+def _check_bounds(name: str, value: float, limits: dict) -> None:
+    if all(_RELATIONS[k][1](value, b) for k, b in limits.items()):
+        return
+    low = next((k for k in ("ge", "gt") if k in limits), None)
+    high = next((k for k in ("le", "lt") if k in limits), None)
+    if low and high:  # an interval, written as in maths: [0, 1], [0, 1), (0, 1]
+        left, right = "[" if low == "ge" else "(", "]" if high == "le" else ")"
+        raise Lm2vError(f"{name} must be in {left}{limits[low]}, {limits[high]}{right}, got {value}")
+    k = low or high
+    raise Lm2vError(f"{name} must be {_RELATIONS[k][0]} {limits[k]}, got {value}")

@@ -18,6 +18,20 @@ TINY_RUN = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _seeded_global_rng():
+    """Every test starts from the same global RNG state, whatever ran before it (or on which xdist
+    worker): draws a test makes without its own generator are then reproducible run to run."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
 @pytest.fixture
 def tiny_run():
     return list(TINY_RUN)

@@ -6,6 +6,7 @@ from torch import nn
 
 from lm2vision.analysis import features as Fe
 from lm2vision.errors import Lm2vError
+from lm2vision.train.loop import extract_features
 
 
 def _two_gaussians(sep, n=100, d=8, seed=0):
@@ -55,7 +56,7 @@ class _Pooler(nn.Module):
 
 def test_extract_features_and_geometry_files(tmp_path):
     imgs = torch.arange(4 * 3 * 2 * 2, dtype=torch.float32).reshape(4, 3, 2, 2)
-    f = Fe.extract_features(_Pooler(), imgs, batch_size=3, progress=False)
+    f = extract_features(_Pooler(), imgs, batch_size=3, progress=False)
     torch.testing.assert_close(f, imgs[:, :, 1, 1])
     X, y = _two_gaussians(sep=20.0, n=30)
     m = Fe.feature_geometry(torch.tensor(X), torch.tensor(y), ["a", "b"], tmp_path)

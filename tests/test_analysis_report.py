@@ -69,7 +69,10 @@ def test_analyze_writes_every_section(tiny_run, tmp_path, monkeypatch, capsys):
     assert by_block["block.0"]["scratch"] == 0.0  # fresh BERT init: N(0, 0.02), LayerNorm weights exactly 1
     land = numbers["Loss landscape"]["landscape"][0]
     assert land["grid"] == "3x3" and land["samples"] == 30
-    assert land["loss_min"] <= land["loss_centre"] <= land["loss_max"]
+    grid = json.loads((out / "landscape.json").read_text())
+    assert grid["alphas"] == [-1.0, 0.0, 1.0] and grid["betas"] == [-1.0, 0.0, 1.0]
+    flat = [v for row in grid["loss"] for v in row]
+    assert land["loss_min"] == min(flat) and land["loss_max"] == max(flat)
     align = numbers["Covariance alignment"]["alignment"]
     assert [a["weights"] for a in align] == ["before (init)", "after (final)"] and align[0]["dim"] == 48
     assert numbers["Feature geometry"]["cluster quality"][0]["n"] == 30
@@ -78,12 +81,18 @@ def test_analyze_writes_every_section(tiny_run, tmp_path, monkeypatch, capsys):
     # the landscape centre equals the final model's loss on the same 30 images
     from lm2vision.analysis.models import load_run
     from lm2vision.analysis.run import AnalyzeConfig, load_sample
+    from lm2vision.train import load_run_model
 
     loaded = load_run(tiny_run)
     s = load_sample(loaded.cfg, AnalyzeConfig(samples=30))
     with torch.no_grad():
-        expect = float(torch.nn.functional.cross_entropy(loaded.model(s.x), s.y))
-    assert land["loss_centre"] == pytest.approx(expect, rel=1e-4)
+        expect = float(torch.nn.functional.cross_entropy(loaded.model.eval()(s.x), s.y))
+    assert land["loss_centre"] == pytest.approx(expect, rel=1e-4) == grid["loss"][1][1]
+    # training directions: d1 = theta_T - theta_0, so (a, b) = (-1, 0) is the model at its initial weights
+    init_model, _ = load_run_model(tiny_run, weights="init.safetensors")
+    with torch.no_grad():
+        at_init = float(torch.nn.functional.cross_entropy(init_model.eval()(s.x), s.y))
+    assert grid["loss"][0][1] == pytest.approx(at_init, rel=1e-4) and abs(at_init - expect) > 1e-3
     # a second run refuses to overwrite; --overwrite with --skip works
     assert cli_main.main(argv) == 2
     assert "already holds a report" in capsys.readouterr().err
@@ -97,7 +106,8 @@ def test_bad_input_is_one_line_error(tiny_run, tmp_path, monkeypatch, capsys):
     assert cli_main.main(["analyze", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "not an lm2v run directory" in capsys.readouterr().err
     assert cli_main.main(["analyze", str(tiny_run), "--out", str(tmp_path / "o"), "--skip", "nonsense"]) == 2
-    assert "unknown part to skip" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "skip items must be one of curves, weights, landscape, features, alignment, got 'nonsense'" in err
 
 
 def test_compare_table_and_curves(tiny_run, tmp_path, monkeypatch, capsys):

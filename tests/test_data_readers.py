@@ -108,9 +108,9 @@ def test_shipped_val_folder_is_used(tmp_path):
 
 def test_caps_per_class_are_deterministic(tmp_path):
     root = _write(tmp_path / "ds", _folder_files(n_train=8, n_test=4))
-    cfg = DataConfig(dataset=str(root), val_fraction=0.0, max_train_per_class=3, max_test_per_class=1)
-    sp = load_imageset_splits(cfg)
-    assert torch.bincount(sp.train.labels).tolist() == [3, 3, 3] and len(sp.val) == 0
+    cfg = DataConfig(dataset=str(root), val_fraction=0.34, max_train_per_class=3, max_test_per_class=1)
+    sp = load_imageset_splits(cfg)  # the cap comes first: 3 per class, then round(0.34 * 3) = 1 to val
+    assert torch.bincount(sp.train.labels).tolist() == [2, 2, 2] and torch.bincount(sp.val.labels).tolist() == [1, 1, 1]
     assert torch.bincount(sp.test.labels).tolist() == [1, 1, 1]
     assert _reds(load_imageset_splits(cfg).train) == _reds(sp.train)
 
@@ -147,8 +147,9 @@ def test_corrupt_files_skip_with_one_warning_or_error(tmp_path):
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
         sets = read_dataset(root, on_corrupt="skip")
-    msgs = [str(w.message) for w in rec if "corrupt" in str(w.message)]
-    assert len(msgs) == 1 and msgs[0].startswith("skipped 2 corrupt image file(s)") and "bad1.png" in msgs[0]
+    msgs = [str(w.message) for w in rec]
+    assert msgs == [f"skipped 2 item(s) of dataset {root}: corrupt, unreadable or unsupported image files (2): "
+                    "test/dog/bad2.jpg, train/cat/bad1.png"]
     assert len(sets["train"]) == 12 and len(sets["test"]) == 6
     with pytest.raises(Lm2vError, match="bad1.png"):
         read_dataset(root, on_corrupt="error")
@@ -161,10 +162,10 @@ def test_missing_empty_and_imageless_datasets(tmp_path):
     with pytest.raises(Lm2vError, match="empty"):
         read_dataset(tmp_path / "empty")
     _write(tmp_path / "txt", {"train/cat/a.txt": b"x", "test/cat/b.txt": b"y"})
-    with pytest.raises(Lm2vError, match="no images"):
-        read_dataset(tmp_path / "txt")
+    with pytest.raises(Lm2vError, match="no images"), pytest.warns(UserWarning, match="non-image files \\(2\\)"):
+        read_dataset(tmp_path / "txt")  # the warning says why there are none
     _write(tmp_path / "flat", {"notes.txt": b"x"})
-    with pytest.raises(Lm2vError, match="no images"):
+    with pytest.raises(Lm2vError, match="no images"), pytest.warns(UserWarning, match="notes.txt"):
         read_dataset(tmp_path / "flat")
     (tmp_path / "x.zip").write_bytes(b"PK")
     with pytest.raises(Lm2vError, match="folder or a"):
@@ -210,3 +211,67 @@ def test_tiny_imagenet_layout(tmp_path):
     assert sets["train"].classes == ["goldfish", "tabby"]
     assert torch.bincount(sets["train"].labels).tolist() == [3, 3]
     assert _reds(sets["test"]) == [100, 101, 102] and sets["test"].labels.tolist() == [1, 0, 1]
+
+
+# ---------------------------------------------------------------- splits that come out unusable
+
+def _splits_error(tmp_path, files, **cfg) -> str:
+    root = _write(tmp_path / "ds", files)
+    with pytest.raises(Lm2vError) as e:
+        load_imageset_splits(DataConfig(dataset=str(root), **cfg))
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_empty_validation_split_names_the_options(tmp_path):
+    # round(0.05 * 10) = round(0.5) = 0 per class: before, a run reported "val acc 0.000" on it
+    msg = _splits_error(tmp_path, _folder_files(n_train=12), val_fraction=0.05, max_train_per_class=10)
+    assert msg == ("the validation split is empty: 10 training images per class with data.val_fraction=0.05 "
+                   "leaves 0 per class; raise data.val_fraction or data.max_train_per_class")
+
+
+def test_zero_val_fraction_is_refused(tmp_path):
+    msg = _splits_error(tmp_path, _folder_files(n_train=4), val_fraction=0.0)
+    assert msg == ("the validation split is empty: 4 training images per class with data.val_fraction=0.0 "
+                   "leaves 0 per class; raise data.val_fraction")
+
+
+def test_validation_split_with_fewer_images_than_classes(tmp_path):
+    files = _folder_files(n_train=6)
+    for cls in ("dog", "frog"):  # dog and frog keep one training image each
+        for i in range(1, 6):
+            del files[f"train/{cls}/{i:04d}.png"]
+    msg = _splits_error(tmp_path, files, val_fraction=0.2)  # round(1.2) = 1, round(0.2) = 0
+    assert msg == ("the validation split is too small (1 images for 3 classes, fewer than one per class): "
+                   "1 to 6 training images per class with data.val_fraction=0.2 leaves 0 to 1 per class; "
+                   "raise data.val_fraction")
+
+
+def test_class_losing_every_training_image_to_validation(tmp_path):
+    msg = _splits_error(tmp_path, _folder_files(n_train=1), val_fraction=0.6)  # round(0.6 * 1) = 1
+    assert msg == ("the training split has no images of class 'cat': data.val_fraction=0.6 moves all 1 of its "
+                   "images to the validation split; lower data.val_fraction")
+
+
+def test_shipped_val_folder_too_small(tmp_path):
+    files = _folder_files(splits=("train", "val", "test"))
+    del files["val/dog/0000.png"], files["val/frog/0000.png"]
+    msg = _splits_error(tmp_path, files)
+    assert msg.startswith("the validation split (the dataset's val/ folder) has 1 readable images for 3 classes")
+    assert "add images to val/, or remove val/ so that data.val_fraction of train/ is held out" in msg
+
+
+def test_imagefolder_empty_test_split(tmp_path):
+    files = {f"{cls}/{i}.png": _png(i) for cls in CLASSES for i in range(2)}
+    msg = _splits_error(tmp_path, files, format="imagefolder", test_fraction=0.2)  # round(0.4) = 0
+    assert msg == ("the test split is empty: 2 images per class with data.test_fraction=0.2 leaves 0 per class; "
+                   "raise data.test_fraction")
+
+
+def test_unreadable_test_split(tmp_path):
+    files = _folder_files()
+    for rel in [r for r in files if r.startswith("test/")]:
+        files[rel] = b"not an image"
+    with pytest.warns(UserWarning, match="corrupt, unreadable or unsupported image files \\(6\\)"):
+        msg = _splits_error(tmp_path, files)
+    assert msg.startswith("the test split is empty: none of the test images of ") and "could be read" in msg

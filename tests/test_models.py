@@ -7,8 +7,8 @@ import torch.nn.functional as F
 
 from conftest import FAMILIES
 from lm2vision.errors import Lm2vError
-from lm2vision.models import (ModelConfig, TrainableSpec, apply_trainable, create_backbone, parse_blocks,
-                              select_parameters, trainable_summary)
+from lm2vision.models import (ARCH, TINY_CONFIGS, ModelConfig, TrainableSpec, apply_trainable, create_backbone,
+                              parse_blocks, select_parameters, trainable_summary)
 
 
 def tiny(name: str, **kw):
@@ -77,7 +77,7 @@ def test_pooling_modes_pick_the_right_token():
 
 # selector -> expected trainable groups, for a 2-block model. Table-driven as peft's tests.
 SELECTORS = [
-    (TrainableSpec(blocks="all"), {"block.0", "block.1", "patch", "pos", "final_norm", "head"}),
+    (TrainableSpec(blocks="all"), {"block.0", "block.1", "patch", "pos", "embed", "final_norm", "head"}),
     (TrainableSpec(blocks="first:1", groups=["head"]), {"block.0", "head"}),
     (TrainableSpec(blocks="last:1", groups=["patch"]), {"block.1", "patch"}),
     (TrainableSpec(blocks="1", groups=[]), {"block.1"}),
@@ -191,3 +191,156 @@ def test_patch_embed_is_the_strided_conv(shape, p):
     out = embed(x)
     assert out.shape == (shape[0], (shape[2] // p) * (shape[3] // p), 5)
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_every_family_of_the_table_has_a_tiny_config():
+    assert {c["model_type"] for c in TINY_CONFIGS.values()} == set(ARCH)
+
+
+@pytest.mark.parametrize("name,table,offset", [
+    ("tiny-gpt2", "wpe", 0),
+    ("tiny-bert", "embeddings.position_embeddings", 0),
+    ("tiny-roberta", "embeddings.position_embeddings", 2),  # ids start at pad_token_id + 1 = 2
+])
+@pytest.mark.parametrize("size,patch", [(32, 4), (32, 8)])
+def test_reused_position_table_is_cropped_without_changing_outputs(name, table, offset, size, patch):
+    """The crop keeps the rows the tokens read: same output as the uncropped model with the same init."""
+    from transformers import AutoModel
+
+    from lm2vision.models import load_lm_config
+
+    torch.manual_seed(0)
+    m = tiny(name, image_size=size, patch_size=patch).eval()
+    T = (size // patch) ** 2
+    torch.manual_seed(0)  # create_backbone's scratch init (init_seed 0), redone by hand without the crop
+    kw = {} if name == "tiny-gpt2" else {"add_pooling_layer": False}
+    ref = AutoModel.from_config(load_lm_config(name), dtype=torch.float32, attn_implementation="sdpa", **kw).eval()
+    full = ref.get_submodule(table).weight
+    assert full.shape[0] == 256 + offset
+    cropped = m.lm.get_submodule(table).weight
+    assert cropped.shape == (T + offset, 32) and cropped.requires_grad
+    assert torch.equal(cropped, full[:T + offset])
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        out = m.forward_features(x)
+        want = ref(inputs_embeds=m.patch_embed(x)).last_hidden_state
+    torch.testing.assert_close(out, want, atol=1e-6, rtol=0)
+    assert f"lm.{table}.weight" in m.layer_groups()["pos"]
+
+
+def test_roberta_runs_at_its_full_256_positions_and_not_beyond():
+    m = tiny("tiny-roberta", image_size=64, patch_size=4)  # 256 tokens read rows 2..257 of 258
+    assert m(torch.randn(1, 3, 64, 64)).shape == (1, 10)
+    with pytest.raises(Lm2vError, match="289 patch tokens exceed the model's 256 positions"):
+        tiny("tiny-roberta", image_size=68, patch_size=4)
+
+
+def test_no_weight_decay_on_positions_norms_and_biases():
+    from lm2vision.train.config import OptimConfig
+    from lm2vision.train.optim import build_optimizer
+
+    m = tiny("tiny-gpt2", positions="model")
+    blocks = [f"lm.h.{i}.{leaf}" for i in (0, 1) for leaf in
+              ("ln_1.weight", "ln_1.bias", "ln_2.weight", "ln_2.bias", "attn.c_attn.bias", "attn.c_proj.bias",
+               "mlp.c_fc.bias", "mlp.c_proj.bias")]
+    assert m.no_weight_decay() == {"lm.wpe.weight", "lm.ln_f.weight", "lm.ln_f.bias", "patch_embed.proj.bias",
+                                   "head.bias", *blocks}
+    apply_trainable(m, TrainableSpec(blocks="first:1", groups=["pos", "head"]))
+    decay, no_decay = build_optimizer(m, OptimConfig(weight_decay=0.05)).param_groups
+    params = dict(m.named_parameters())
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    # named_parameters order within each group: resume maps optimizer state by index
+    assert decay["params"] == [params[n] for n in ("lm.h.0.attn.c_attn.weight", "lm.h.0.attn.c_proj.weight",
+                                                   "lm.h.0.mlp.c_fc.weight", "lm.h.0.mlp.c_proj.weight",
+                                                   "head.weight")]
+    assert no_decay["params"] == [params[n] for n in ("lm.wpe.weight", "lm.h.0.ln_1.weight", "lm.h.0.ln_1.bias",
+                                                      "lm.h.0.attn.c_attn.bias", "lm.h.0.attn.c_proj.bias",
+                                                      "lm.h.0.ln_2.weight", "lm.h.0.ln_2.bias",
+                                                      "lm.h.0.mlp.c_fc.bias", "lm.h.0.mlp.c_proj.bias", "head.bias")]
+
+
+def _save_tiny_bert(path):
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                         vocab_size=16)).save_pretrained(path)  # with its pooler
+    return path / "model.safetensors"
+
+
+def _rewrite(file, edit):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(file), "pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(file))
+    edit(tensors)
+    save_file(tensors, str(file), metadata=meta)
+
+
+def test_pretrained_loading_accounts_for_every_key(tmp_path):
+    from safetensors.torch import load_file
+
+    torch.manual_seed(0)
+    file = _save_tiny_bert(tmp_path)
+    assert "pooler.dense.weight" in load_file(str(file))
+    create_backbone(ModelConfig(name=str(tmp_path)))  # the pooler is dropped on purpose: no error
+    _rewrite(file, lambda t: t.pop("encoder.layer.1.intermediate.dense.weight"))
+    with pytest.raises(Lm2vError, match=r"lacks 1 weight\(s\): encoder\.layer\.1\.intermediate\.dense\.weight$") as e:
+        create_backbone(ModelConfig(name=str(tmp_path)))
+    assert "\n" not in str(e.value)
+
+
+def test_unexpected_checkpoint_keys_are_an_error(tmp_path):
+    torch.manual_seed(0)
+    file = _save_tiny_bert(tmp_path)
+    _rewrite(file, lambda t: t.update({"encoder.layer.0.adapter.weight": torch.zeros(4, 4)}))
+    with pytest.raises(Lm2vError, match=r"has unexpected 1 weight\(s\): encoder\.layer\.0\.adapter\.weight$"):
+        create_backbone(ModelConfig(name=str(tmp_path)))
+
+
+def test_embedded_minilm_loads_cleanly_and_crops_its_positions():
+    from safetensors.torch import load_file
+
+    from lm2vision.models import embedded_minilm_path
+
+    ref = load_file(str(embedded_minilm_path() / "model.safetensors"))
+    prefix = "" if "pooler.dense.weight" in ref else "bert."
+    assert f"{prefix}pooler.dense.weight" in ref  # it ships a pooler, which we drop without an error
+    m = create_backbone(ModelConfig(name="minilm", pretrained=True))
+    table = ref[f"{prefix}embeddings.position_embeddings.weight"]
+    assert table.shape[0] == 512
+    torch.testing.assert_close(m.lm.embeddings.position_embeddings.weight, table[:64].float())
+
+
+def test_reset_classifier_keeps_dtype_device_and_mode():
+    m = tiny("tiny-gpt2").to(torch.bfloat16).eval()
+    m.reset_classifier(5)
+    assert m.head.weight.dtype == torch.bfloat16 and m.head.weight.device.type == "cpu" and not m.head.training
+    g = torch.Generator().manual_seed(0 + 1)  # init_seed + 1
+    assert torch.equal(m.head.weight, (torch.randn(5, 32, generator=g) * 0.02).bfloat16())
+    assert m.cfg.num_classes == 5 and m(torch.randn(2, 3, 32, 32, dtype=torch.bfloat16)).shape == (2, 5)
+    m.train().reset_classifier(3, seed=7)
+    g = torch.Generator().manual_seed(7)
+    assert m.head.training and torch.equal(m.head.weight, (torch.randn(3, 32, generator=g) * 0.02).bfloat16())
+
+
+def test_fresh_parts_come_from_explicit_seeds():
+    m = tiny("tiny-gpt2", positions="learned", init_seed=4)
+    g = torch.Generator().manual_seed(4)  # construction: patch weight, then our positions, one generator
+    assert torch.equal(m.patch_embed.proj.weight, torch.randn(32, 3, 4, 4, generator=g) * 0.02)
+    assert torch.equal(m.pos_embed, torch.randn(1, 64, 32, generator=g) * 0.02)
+    pos = m.pos_embed.detach().clone()
+    m.reset_patch_embed(5)
+    five = m.patch_embed.proj.weight.detach().clone()
+    assert torch.equal(five, torch.randn(32, 3, 4, 4, generator=torch.Generator().manual_seed(5)) * 0.02)
+    with torch.no_grad():
+        m.patch_embed.proj.bias.fill_(1.0)
+    m.reset_patch_embed(5)
+    assert torch.equal(m.patch_embed.proj.weight, five) and not m.patch_embed.proj.bias.any()
+    m.reset_patch_embed(6)
+    assert not torch.equal(m.patch_embed.proj.weight, five)
+    assert torch.equal(m.pos_embed, pos)  # positions are not the patch embedding's
+    m.reset_patch_embed()  # default: init_seed
+    g = torch.Generator().manual_seed(4)
+    assert torch.equal(m.patch_embed.proj.weight, torch.randn(32, 3, 4, 4, generator=g) * 0.02)

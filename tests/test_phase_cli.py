@@ -8,13 +8,13 @@ import torch
 from lm2vision.cli.main import main
 from lm2vision.config import save_config
 from lm2vision.models import ModelConfig
-from lm2vision.phase.encoders import load_language, load_vision
+from lm2vision.phase.sides import load_language, load_vision
 from lm2vision.phase.ntk import NTKConfig, empirical_ntk
 from lm2vision.phase.screen import ScreenConfig, language_inputs, load_pairs, vision_inputs
 from lm2vision.phase.similarity import kernel_similarity
 from lm2vision.train.checkpoint import save_full_model, save_tensors, trainable_state
 from lm2vision.train.config import RunConfig
-from lm2vision.train.runs import build_architecture
+from lm2vision.train.rundir import build_architecture
 
 SMALL = ["--samples", "40", "--ntk-samples", "6", "--agop-samples", "4", "--no-progress"]
 
@@ -83,4 +83,5 @@ def test_phase_bad_input_exits_2(tmp_path, capsys):
                  str(tmp_path / "c"), *SMALL]) == 2
     assert main(base + ["--out", str(tmp_path / "d"), "--samples", "5000"]) == 2  # more than the split holds
     err = capsys.readouterr().err
-    assert "lm2v phase: error:" in err and "ntk method" in err and "cannot load language model" in err
+    assert "lm2v phase: error:" in err and "cannot load language model" in err
+    assert "ntk.method must be one of auto, jacobian, vjp, projection, got 'exact'" in err

@@ -5,7 +5,8 @@ import torch.nn as nn
 
 from lm2vision.errors import Lm2vError
 from lm2vision.models import ModelConfig, create_backbone
-from lm2vision.phase.controller import PhaseConfig, PhaseController
+from lm2vision.train.config import PhaseConfig
+from lm2vision.train.phase_hooks import PhaseController
 from lm2vision.phase.ntk import NTKConfig, empirical_ntk
 from lm2vision.phase.similarity import kernel_similarity
 

@@ -1,24 +1,13 @@
-"""Training curves from ``metrics.jsonl``: train / validation per epoch and the final test point."""
+"""Training curves of a run's metrics records (``lm2vision.train.rundir.read_metrics``): train /
+validation per epoch and the final test point, plotted and summed up."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Mapping, Sequence
 
 from ..errors import Lm2vError
 
 METRICS = ("loss", "acc")
-
-
-def read_records(run: str | Path) -> list[dict]:
-    """All JSON records of ``run/metrics.jsonl``."""
-    path = Path(run) / "metrics.jsonl"
-    if not path.is_file():
-        raise Lm2vError(f"no metrics.jsonl in {run}")
-    try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except json.JSONDecodeError as e:
-        raise Lm2vError(f"{path} is not JSON lines: {e}") from None
 
 
 def epoch_records(records: Sequence[dict]) -> list[dict]:

@@ -1,5 +1,6 @@
-"""Feature geometry: pooled features of a fixed sample, t-SNE / PCA pictures coloured by class, and the
-numbers that back them (silhouette, cross-validated kNN accuracy, linear separability)."""
+"""Feature geometry: t-SNE / PCA pictures of pooled features (``lm2vision.train.loop.extract_features``)
+coloured by class, and the numbers that back them (silhouette, cross-validated kNN accuracy, linear
+separability)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,28 +8,8 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..errors import Lm2vError
-
-
-@torch.inference_mode()
-def extract_features(
-    model: nn.Module, images: torch.Tensor, batch_size: int = 128, progress: bool = True
-) -> torch.Tensor:
-    """Pooled features ``model.pool(model.forward_features(x))`` of float images (N, 3, S, S) -> (N, C)."""
-    from tqdm import tqdm
-
-    was_training = model.training
-    model.eval()
-    try:
-        feats = [
-            model.pool(model.forward_features(x)).float().cpu()  # (b, C)
-            for x in tqdm(images.split(batch_size), desc="features", disable=not progress, leave=False)
-        ]
-    finally:
-        model.train(was_training)
-    return torch.cat(feats)
 
 
 def _check(features: np.ndarray, labels: np.ndarray, folds: int) -> None:

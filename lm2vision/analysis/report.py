@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import base64
 import html
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 from ..utils.io import atomic_write_text
+from ..utils.tables import format_cell, markdown_table
 
 
 @dataclass
@@ -32,24 +32,14 @@ class Section:
     tables: list[Table] = field(default_factory=list)
 
 
-def fmt(v) -> str:
-    """Numbers with 4 significant digits, everything else as str."""
-    if isinstance(v, float):
-        return "nan" if math.isnan(v) else f"{v:.4g}"
-    return "" if v is None else str(v)
-
-
 def _md_table(t: Table) -> str:
-    cols = t.columns()
-    lines = [f"**{t.title}**", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in t.rows]
-    return "\n".join(lines)
+    return f"**{t.title}**\n\n" + markdown_table(t.rows, t.columns())
 
 
 def _html_table(t: Table) -> str:
     cols = t.columns()
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(r.get(c)))}</td>" for c in cols) + "</tr>" for r in t.rows)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(format_cell(r.get(c)))}</td>" for c in cols) + "</tr>" for r in t.rows)
     return f"<h3>{html.escape(t.title)}</h3><table><tr>{head}</tr>{body}</table>"
 
 

@@ -10,8 +10,12 @@ from typing import Callable, List, Optional
 import torch
 import torch.nn.functional as F
 
+from ..config import bounds, choices, validate
 from ..errors import Lm2vError
+from ..train.rundir import read_metrics, read_run_config
+from ..train.loop import extract_features
 from ..utils.io import atomic_write_json
+from .landscape import DIRECTIONS
 from .report import Section, Table, write_report
 
 PARTS = ("curves", "weights", "landscape", "features", "alignment")
@@ -21,12 +25,14 @@ PARTS = ("curves", "weights", "landscape", "features", "alignment")
 class LandscapeConfig:
     """The 2-D loss slice: directions random | filter | training, a grid x grid on [-range, range]^2."""
 
-    directions: str = "filter"  # random (unit global norm, the authors) is nearly flat at range 1 for >1M params
-    grid: int = 11  # 21 as the paper's figure costs ~4x more
-    range: float = 1.0
-    samples: int = 32  # images (from the analysis sample) the loss is averaged over; cost is linear in it
-    batch_size: int = 64
-    chunk: int = 1  # > 1: grid points per vmap call (no faster on CPU; may help on GPU)
+    # random (unit global norm, the authors) is nearly flat at range 1 for >1M params
+    directions: str = field(default="filter", metadata=choices(*DIRECTIONS))
+    grid: int = field(default=11, metadata=bounds(ge=2))  # 21 as the paper's figure costs ~4x more
+    range: float = field(default=1.0, metadata=bounds(gt=0))
+    # images (from the analysis sample) the loss is averaged over; cost is linear in it
+    samples: int = field(default=32, metadata=bounds(ge=1))
+    batch_size: int = field(default=64, metadata=bounds(ge=1))
+    chunk: int = field(default=1, metadata=bounds(ge=1))  # > 1: grid points per vmap call (may help on GPU)
     trainable_only: bool = True
     seed: int = 0
 
@@ -35,39 +41,22 @@ class LandscapeConfig:
 class AnalyzeConfig:
     """What ``lm2v analyze`` computes."""
 
-    skip: List[str] = field(default_factory=list)  # any of curves, weights, landscape, features, alignment
-    split: str = "test"  # test | val: where the fixed sample comes from
-    samples: int = 1000  # images for features (t-SNE, cluster numbers)
+    skip: List[str] = field(default_factory=list, metadata=choices(*PARTS))  # parts not to run
+    split: str = field(default="test", metadata=choices("test", "val"))  # where the fixed sample comes from
+    samples: int = field(default=1000, metadata=bounds(ge=10))  # images for features (t-SNE, cluster numbers)
     sample_seed: int = 0
-    batch_size: int = 128
+    batch_size: int = field(default=128, metadata=bounds(ge=1))
     threshold: float = 1.0  # the authors' outlier |w| > 1
     z_k: float = 6.0  # scale-free outlier |w - mean| > k std
     references: bool = True  # compare weights with the run's LM pretrained and from scratch
     compare_models: List[str] = field(default_factory=list)
     tsne_seed: int = 42
     sklearn_threads: Optional[int] = 1  # cap for t-SNE / CV (None: no cap); 1 is fastest on a busy CPU
-    align_k: int = 10
-    align_images: int = 256
+    align_k: int = field(default=10, metadata=bounds(ge=1))
+    align_images: int = field(default=256, metadata=bounds(ge=1))
     landscape: LandscapeConfig = field(default_factory=LandscapeConfig)
     device: str = "cpu"
     progress: bool = True
-
-
-def check_analyze_config(cfg: AnalyzeConfig) -> None:
-    """One-line errors for impossible settings."""
-    bad = [s for s in cfg.skip if s not in PARTS]
-    if bad:
-        raise Lm2vError(f"unknown part to skip {bad[0]!r}; parts: {', '.join(PARTS)}")
-    if cfg.split not in ("test", "val"):
-        raise Lm2vError(f"split must be test or val, got {cfg.split!r}")
-    if cfg.samples < 10 or cfg.landscape.samples < 1 or cfg.align_images < 1:
-        raise Lm2vError("samples must be >= 10 and landscape.samples, align_images >= 1")
-    from .landscape import DIRECTIONS
-
-    if cfg.landscape.directions not in DIRECTIONS:
-        raise Lm2vError(f"landscape.directions must be one of {DIRECTIONS}, got {cfg.landscape.directions!r}")
-    if cfg.landscape.grid < 2 or cfg.landscape.range <= 0:
-        raise Lm2vError("landscape.grid must be >= 2 and landscape.range > 0")
 
 
 @dataclass
@@ -97,12 +86,12 @@ def load_sample(run_cfg, cfg: AnalyzeConfig) -> Sample:
 
 def part_curves(run: Path, run_cfg, out: Path) -> Section:
     """Train / validation curves of the run (and of the run it started from, if any)."""
-    from .curves import final_numbers, plot_curves, read_records
+    from .curves import final_numbers, plot_curves
 
     runs = {}
     if run_cfg.init and (Path(run_cfg.init) / "metrics.jsonl").is_file():
-        runs[f"{Path(run_cfg.init).name} (init)"] = read_records(run_cfg.init)
-    runs[run.name] = read_records(run)
+        runs[f"{Path(run_cfg.init).name} (init)"] = read_metrics(run_cfg.init)
+    runs[run.name] = read_metrics(run)
     plot_curves(runs, out / "figures" / "curves.png")
     rows = [{"run": k, **final_numbers(v)} for k, v in runs.items()]
     return Section("Curves", "Final-epoch numbers (never the best epoch).", [out / "figures" / "curves.png"],
@@ -182,10 +171,10 @@ def part_landscape(loaded, sample: Sample, cfg: AnalyzeConfig, out: Path) -> Sec
 
 def part_features(loaded, sample: Sample, cfg: AnalyzeConfig, out: Path) -> Section:
     """t-SNE and PCA of pooled features, with cluster-quality numbers."""
-    from .features import extract_features, feature_geometry
+    from .features import feature_geometry
 
     model = loaded.model.to(cfg.device)
-    feats = extract_features(model, sample.x.to(cfg.device), cfg.batch_size, cfg.progress)
+    feats = extract_features(model, sample.x.to(cfg.device), cfg.batch_size, cfg.progress).cpu()
     metrics = feature_geometry(feats, sample.y, sample.classes, out / "figures", seed=cfg.tsne_seed,
                                threads=cfg.sklearn_threads)
     text = f"Pooled ({getattr(model, 'pooling', 'model')}) features of {len(sample.y)} {cfg.split} images."
@@ -221,7 +210,7 @@ def analyze_run(run: str | Path, out: str | Path, cfg: AnalyzeConfig, log: Calla
     """Run every part not in ``cfg.skip`` on ``run``; write the reports into ``out``; return the numbers."""
     from .models import load_run
 
-    check_analyze_config(cfg)
+    validate(cfg)  # a config built in Python skips load_config
     run, out = Path(run), Path(out)
     loaded = load_run(run)
     loaded.model.to(cfg.device)
@@ -258,8 +247,7 @@ def _run_part(part, run, loaded, sample, cfg, out, notes) -> Section:
 
 def compare_runs(runs: list[str | Path], out: str | Path) -> list[dict]:
     """One table of final numbers (plus the run's label ratio, stage, model) and overlaid curves."""
-    from .curves import final_numbers, plot_curves, read_records
-    from ..train import read_run_config
+    from .curves import final_numbers, plot_curves
 
     if not runs:
         raise Lm2vError("compare needs at least one run directory")
@@ -268,7 +256,7 @@ def compare_runs(runs: list[str | Path], out: str | Path) -> list[dict]:
     for r in map(Path, runs):
         cfg = read_run_config(r)
         label = r.name if r.name not in records else str(r)
-        records[label] = read_records(r)
+        records[label] = read_metrics(r)
         rows.append({"run": label, "stage": cfg.stage, "model": cfg.model.name, "pretrained": cfg.model.pretrained,
                      "label_ratio": cfg.labels.ratio, "trainable_blocks": cfg.trainable.blocks,
                      **final_numbers(records[label])})

@@ -16,8 +16,10 @@ from ..models import ModelConfig
 from ..train import read_summary, run_stage
 from ..train.config import LabelConfig, OptimConfig, ProbeConfig, RunConfig, RuntimeConfig
 from ..models.freeze import TrainableSpec
+from ..train.recipe import probe_of
 from ..train.rundir import prepare_run_dir
-from .report import comparison_table, plot_demo
+from ..utils.tables import markdown_table
+from .report import plot_demo
 
 
 @dataclass
@@ -46,17 +48,13 @@ def register(sub) -> None:
 
 
 def stage_configs(d: DemoConfig, pretrained: bool, bridged: bool, bridge_dir: Path) -> tuple[RunConfig | None, RunConfig]:
-    """The (bridge, probe) configs of one cell of the comparison."""
+    """The (bridge, probe) configs of one cell: one stage-1 config, stage 2 derived from it."""
     model = ModelConfig(**{**vars(d.model), "pretrained": pretrained})
-    optim = OptimConfig(epochs=d.bridge_epochs, batch_size=d.batch_size, blr=d.blr)
-    bridge = None
-    if bridged:
-        bridge = RunConfig(stage="bridge", model=model, data=d.data, labels=LabelConfig(ratio=d.label_ratio),
-                           trainable=TrainableSpec(blocks=d.bridge_blocks), optim=optim, runtime=d.runtime)
-    probe_optim = OptimConfig(epochs=d.probe_epochs, batch_size=d.batch_size, blr=d.blr)
-    probe = RunConfig(stage="probe", init=str(bridge_dir) if bridged else None, model=model, data=d.data,
-                      optim=probe_optim, probe=d.probe, runtime=d.runtime)
-    return bridge, probe
+    cell = RunConfig(stage="bridge", model=model, data=d.data, labels=LabelConfig(ratio=d.label_ratio),
+                     trainable=TrainableSpec(blocks=d.bridge_blocks), probe=d.probe,
+                     optim=OptimConfig(epochs=d.bridge_epochs, batch_size=d.batch_size, blr=d.blr), runtime=d.runtime)
+    probe = probe_of(cell, str(bridge_dir) if bridged else None, epochs=d.probe_epochs)
+    return (cell if bridged else None), probe
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
                 run_stage(bridge, out / f"{init}_bridge")
             run_stage(probe, out / name)
             rows.append(_row(name, init, bridged, out, d))
-    table = comparison_table(rows)
+    table = markdown_table(rows)
     print("\n" + table)
     (out / "results.md").write_text(table + "\n")
     plot_demo(out, rows)

@@ -51,7 +51,9 @@ def _config(args, run: Path):
     return load_config(cls, path, overrides + list(args.overrides))
 
 
-def _make_synthetic(args, cfg, run: Path) -> None:
+def _synthetic(args, cfg, run: Path):
+    """Point ``cfg.data.root`` at RUN/synthetic; returns the writer ``run_dense`` calls on the main
+    process once RUN exists (it keeps a set already there, e.g. on --resume)."""
     from ..dense.synthetic import make_synthetic_dense
 
     if args.synthetic < 1:
@@ -59,28 +61,27 @@ def _make_synthetic(args, cfg, run: Path) -> None:
     if args.data:
         raise Lm2vError("--synthetic and --data exclude each other")
     root = run / "synthetic"
-    if not (root / "classes.txt").is_file():
-        print(f"writing {args.synthetic} synthetic training images to {root}")
-        make_synthetic_dense(root, args.synthetic, max(args.synthetic // 4, 4), cfg.model.image_size, cfg.runtime.seed)
     cfg.data.root = str(root)
+
+    def write(_run: Path) -> None:
+        if not (root / "classes.txt").is_file():
+            print(f"writing {args.synthetic} synthetic training images to {root}")
+            make_synthetic_dense(root, args.synthetic, max(args.synthetic // 4, 4), cfg.model.image_size,
+                                 cfg.runtime.seed)
+
+    return write
 
 
 def run(args: argparse.Namespace) -> int:
     """Train and evaluate one dense run; prints the final metrics."""
-    from ..dense.config import check_dense_config
     from ..dense.engine import run_dense
-    from ..train.rundir import prepare_run_dir
 
     run_dir = Path(args.out)
     if args.resume and not (run_dir / "checkpoints" / "last.json").is_file():
         raise Lm2vError(f"nothing to resume in {run_dir}: no checkpoints/last.json")
     cfg = _config(args, run_dir)
-    if not args.synthetic:
-        check_dense_config(cfg)  # fail before touching the run directory
-    run_dir = prepare_run_dir(run_dir, resume=args.resume, overwrite=args.overwrite)
-    if args.synthetic:
-        _make_synthetic(args, cfg, run_dir)
-    summary = run_dense(cfg, run_dir, resume=args.resume, prepared=run_dir)
+    prepare = _synthetic(args, cfg, run_dir) if args.synthetic else None
+    summary = run_dense(cfg, run_dir, resume=args.resume, overwrite=args.overwrite, prepare=prepare)
     if summary.get("stopped"):
         return 0
     final = summary["final"]

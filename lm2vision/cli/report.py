@@ -1,23 +1,9 @@
-"""Tables and the demo plot shared by ``lm2v demo`` and ``lm2v grid``."""
+"""The plot of ``lm2v demo`` (its table: :func:`lm2vision.utils.tables.markdown_table`)."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..train import read_metrics
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4f}"
-    return "-" if v is None else str(v)
-
-
-def comparison_table(rows: list[dict]) -> str:
-    """A Markdown table over the union of the rows' keys (first-seen order)."""
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(_fmt(r.get(k)) for k in keys) + " |" for r in rows]
-    return "\n".join(lines)
+from ..train.rundir import read_metrics
 
 
 def plot_demo(out: Path, rows: list[dict]) -> Path:

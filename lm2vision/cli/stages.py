@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..config import load_config
-from ..train import STAGE_PRESETS, RunConfig, run_stage
+from ..train import run_stage
+from ..train.recipe import stage_config
 
 HELP = {
     "bridge": "stage 1: train on images with random labels (partial training via trainable.blocks)",
@@ -32,14 +32,8 @@ def register(sub) -> None:
         p.set_defaults(func=run, stage=stage)
 
 
-def build_config(stage: str, config: str | None, overrides: list[str], init: str | None = None) -> RunConfig:
-    """Defaults, then the stage preset, the YAML file, ``--init`` and the overrides."""
-    extra = [f"init={init}"] if init else []
-    return load_config(RunConfig, config, list(overrides) + extra, presets=STAGE_PRESETS[stage])
-
-
 def run(args: argparse.Namespace) -> int:
-    cfg = build_config(args.stage, args.config, args.overrides, args.init)
+    cfg = stage_config(args.stage, args.config, args.overrides, args.init)
     summary = run_stage(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
     if not summary.get("stopped") and os.environ.get("RANK", "0") == "0":
         print(f"{args.stage} done: test acc {summary['test_acc']:.4f} (final epoch) -> {args.out}")

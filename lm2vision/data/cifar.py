@@ -78,14 +78,16 @@ def has_pickled(tree: FileTree, name: str) -> bool:
     return all(f"{folder}/{f}" in tree for fs in files.values() for f, _ in fs)
 
 
-def parse_binary(blob: bytes, label_bytes: int, label_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+def parse_binary(blob: bytes, label_bytes: int, label_index: int,
+                 where: str = "CIFAR binary file") -> tuple[torch.Tensor, torch.Tensor]:
     """Records of ``label_bytes`` label bytes + 3072 pixel bytes (R, G, B planes of 32x32).
 
-    Returns images (N, 3, 32, 32) uint8 and labels (N,) int64.
+    Returns images (N, 3, 32, 32) uint8 and labels (N,) int64. ``where`` names the file in errors.
     """
     record = label_bytes + PIXELS
     if len(blob) == 0 or len(blob) % record:
-        raise Lm2vError(f"CIFAR binary file has {len(blob)} bytes, not a multiple of the {record}-byte record")
+        raise Lm2vError(f"{where} has {len(blob)} bytes, not a multiple of the {record}-byte record "
+                        "(truncated, or not a CIFAR binary file)")
     rows = np.frombuffer(blob, dtype=np.uint8).reshape(-1, record)  # (N, record)
     images = torch.from_numpy(rows[:, label_bytes:].reshape(-1, 3, 32, 32).copy())
     labels = torch.from_numpy(rows[:, label_index].astype(np.int64))
@@ -97,7 +99,7 @@ def read_cifar_binary(tree: FileTree, name: str) -> dict[str, ImageSet]:
     folder, files, nbytes, index, classes = BINARY[name]
     out = {}
     for split, fs in files.items():
-        parts = [parse_binary(tree.read(f"{folder}/{f}"), nbytes, index) for f in fs]
+        parts = [parse_binary(tree.read(f"{folder}/{f}"), nbytes, index, f"{tree.root}/{folder}/{f}") for f in fs]
         images, labels = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         _check_labels(labels, len(classes), folder)
         out[split] = ImageSet(images, labels, list(classes))
@@ -157,13 +159,24 @@ def read_cifar_pickled(tree: FileTree, name: str) -> dict[str, ImageSet]:
         images, labels = [], []
         for f, md5 in fs:
             batch = load_pickled_batch(tree.read(f"{folder}/{f}"), md5, f"{folder}/{f}")
-            data = np.asarray(batch["data"], dtype=np.uint8)  # (N, 3072)
-            images.append(torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()))
-            labels.append(torch.tensor(batch[key], dtype=torch.long))
+            x, y = _batch_arrays(batch, key, f"{tree.root}/{folder}/{f}")
+            images.append(x)
+            labels.append(y)
         ys = torch.cat(labels)
         _check_labels(ys, len(classes), folder)
         out[split] = ImageSet(torch.cat(images), ys, classes)
     return out
+
+
+def _batch_arrays(batch: dict, key: str, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images (N, 3, 32, 32) uint8, labels (N,) int64) of one unpickled batch, or a one-line error."""
+    data, ys = batch.get("data"), batch.get(key)
+    if data is None or ys is None:
+        raise Lm2vError(f"{where} is not a CIFAR batch: it lacks 'data' or {key!r}")
+    data = np.asarray(data)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != PIXELS or len(data) != len(ys):
+        raise Lm2vError(f"{where} is not a CIFAR batch: data {data.dtype} {data.shape} with {len(ys)} labels")
+    return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()), torch.tensor(ys, dtype=torch.long)
 
 
 def read_cifar(root: str | Path, name: str = "cifar10", download: bool = False) -> dict[str, ImageSet]:

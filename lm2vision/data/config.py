@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from ..config import bounds, choices
+
 DATASETS = ("bundled", "cifar10", "cifar100")  # or a path to a folder / archive
 FORMATS = ("auto", "folder", "cifar10", "cifar100", "tiny-imagenet", "imagefolder")
 
@@ -34,18 +36,18 @@ class DataConfig:
 
     dataset: str = "bundled"
     root: Optional[str] = None
-    format: str = "auto"
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
-    max_train_per_class: Optional[int] = None
-    max_test_per_class: Optional[int] = None
-    store_size: int = 32
-    on_corrupt: str = "skip"
+    format: str = field(default="auto", metadata=choices(*FORMATS))
+    val_fraction: float = field(default=0.1, metadata=bounds(ge=0, lt=1))
+    test_fraction: float = field(default=0.2, metadata=bounds(gt=0, lt=1))
+    max_train_per_class: Optional[int] = field(default=None, metadata=bounds(ge=1))
+    max_test_per_class: Optional[int] = field(default=None, metadata=bounds(ge=1))
+    store_size: int = field(default=32, metadata=bounds(ge=1))
+    on_corrupt: str = field(default="skip", metadata=choices("skip", "error"))
     download: bool = False
     split_seed: int = 0
-    augment: str = "crop_flip"
-    crop_scale_min: float = 0.2
+    augment: str = field(default="crop_flip", metadata=choices("crop_flip", "none"))
+    crop_scale_min: float = field(default=0.2, metadata=bounds(gt=0, le=1))
     hflip: bool = True
-    interpolation: str = "bicubic"
+    interpolation: str = field(default="bicubic", metadata=choices("bicubic", "bilinear"))
     mean: List[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: List[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])

@@ -18,7 +18,7 @@ from ..errors import Lm2vError
 from . import cifar
 from .config import DATASETS, FORMATS, DataConfig
 from .decode import RawSplit, decode_splits, is_image_name
-from .files import FileTree
+from .files import FileTree, Skipped
 from .types import ImageSet
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -54,7 +54,11 @@ def default_data_root() -> Path:
 # ---------------------------------------------------------------- index helpers
 
 def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hold out round(fraction * n_c) of each class c (seeded). Returns (kept, held) sorted indices."""
+    """Hold out round(fraction * n_c) of each class c (seeded). Returns (kept, held) sorted indices.
+
+    Python's round (half to even): a class of 1 image holds out nothing below fraction 0.5 and its
+    only image above it; :func:`load_imageset_splits` refuses splits that leave a class or split empty.
+    """
     g = torch.Generator().manual_seed(seed)
     kept, held = [], []
     for c in torch.unique(labels, sorted=True):
@@ -65,6 +69,36 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
         kept.append(idx[k:])
     empty = torch.zeros(0, dtype=torch.long)
     return torch.cat(kept or [empty]).sort().values, torch.cat(held or [empty]).sort().values
+
+
+def _per_class(labels: torch.Tensor, present: torch.Tensor) -> str:
+    """Images per class over the ``present`` classes: "10", or "3 to 10" when they differ."""
+    counts = torch.bincount(labels, minlength=int(present.max()) + 1)[present].tolist() if len(present) else [0]
+    lo, hi = min(counts), max(counts)
+    return str(lo) if lo == hi else f"{lo} to {hi}"
+
+
+def _check_no_lost_class(labels: torch.Tensor, kept: torch.Tensor, classes: list[str], split: str,
+                         option: str) -> None:
+    """Refuse a carve-out that moves every image of some class out of training."""
+    for c in torch.unique(labels).tolist():
+        if not bool((labels[kept] == c).any()):
+            n = int((labels == c).sum())
+            raise Lm2vError(f"the training split has no images of class {classes[c]!r}: {option} moves all {n} of "
+                            f"its images to the {split} split; lower {option.split('=')[0]}")
+
+
+def _check_held_size(labels: torch.Tensor, held: torch.Tensor, split: str, pool: str, option: str, fix: str,
+                     per_class: bool) -> None:
+    """Refuse a held-out split that is empty, or (``per_class``) smaller than the number of classes."""
+    present = torch.unique(labels)
+    need = len(present) if per_class else 1
+    if len(held) >= need:
+        return
+    what = "empty" if len(held) == 0 else \
+        f"too small ({len(held)} images for {len(present)} classes, fewer than one per class)"
+    raise Lm2vError(f"the {split} split is {what}: {_per_class(labels, present)} {pool} per class with {option} "
+                    f"leaves {_per_class(labels[held], present)} per class; {fix}")
 
 
 def cap_per_class(labels: torch.Tensor, max_per_class: int, seed: int) -> torch.Tensor:
@@ -78,29 +112,53 @@ def cap_per_class(labels: torch.Tensor, max_per_class: int, seed: int) -> torch.
 
 
 # ---------------------------------------------------------------- layouts
+# kinds of files a layout leaves out (each counted and named in the dataset's one warning)
+NON_IMAGE = "non-image files"
+NO_CLASS = "files outside a class folder"
+NO_IMAGES = "class folders with no images"
+OUTSIDE = "files outside train/, val/, test/"
+SPLITS = ("train", "val", "test")
 
-def _class_of(path: str, depth: int) -> str:
-    return path.split("/")[depth]
+
+def _class_files(tree: FileTree, top: str, skipped: Skipped) -> dict[str, list[str]]:
+    """{class: image files} of ``top/<class>/`` (any depth below the class; ``top`` "" for the root).
+
+    Files directly in ``top``, non-image files and class folders without images go to ``skipped``.
+    """
+    head = top + "/" if top else ""
+    by_class: dict[str, list[str]] = {d[len(head):]: [] for d in tree.dirs
+                                      if d.startswith(head) and "/" not in d[len(head):]}
+    for f in (tree.under(top) if top else tree.files):
+        rest = f[len(head):]
+        if "/" not in rest:
+            skipped.add(NO_CLASS, f)
+        elif not is_image_name(f):
+            skipped.add(NON_IMAGE, f)
+        else:
+            by_class.setdefault(rest.split("/", 1)[0], []).append(f)
+    skipped.extend(NO_IMAGES, [head + c for c, fs in sorted(by_class.items()) if not fs])
+    return {c: fs for c, fs in sorted(by_class.items()) if fs}
 
 
-def _folder_raw(tree: FileTree) -> tuple[dict[str, RawSplit], list[str]]:
+def _folder_raw(tree: FileTree, skipped: Skipped) -> tuple[dict[str, RawSplit], list[str]]:
     """``train/<class>/*``, ``test/<class>/*`` and optional ``val/<class>/*`` (any depth below class)."""
-    images = {s: [f for f in tree.under(s) if f.count("/") >= 2 and is_image_name(f)] for s in ("train", "val", "test")}
+    found = {s: _class_files(tree, s, skipped) for s in SPLITS}
+    skipped.extend(OUTSIDE, [f for f in tree.files if f.split("/", 1)[0] not in SPLITS])
     for s in ("train", "test"):
-        if not images[s]:
+        if not found[s]:
             raise Lm2vError(f"no images under {s}/<class>/ in {tree.root}")
-    classes = sorted({_class_of(f, 1) for f in images["train"]})
+    classes = sorted(found["train"])
     index = {c: i for i, c in enumerate(classes)}
     raw = {}
-    for s, files in images.items():
-        if not files:
-            continue
-        unknown = sorted({_class_of(f, 1) for f in files} - set(classes))
+    for s, by_class in found.items():
+        unknown = sorted(set(by_class) - set(classes))
         if unknown:
             raise Lm2vError(f"{s}/ has classes missing from train/: {', '.join(unknown[:5])}")
-        raw[s] = RawSplit()
-        for f in files:
-            raw[s].add(f, tree.read(f), index[_class_of(f, 1)])
+        if by_class:
+            raw[s] = RawSplit()
+            for c, files in by_class.items():
+                for f in files:
+                    raw[s].add(f, index[c])
     return raw, classes
 
 
@@ -117,45 +175,78 @@ def _tiny_names(tree: FileTree, wnids: list[str]) -> list[str]:
     return [f"{n} ({w})" if n in dup else n for n, w in zip(names, wnids)]
 
 
-def _tiny_imagenet_raw(tree: FileTree) -> tuple[dict[str, RawSplit], list[str]]:
-    """Tiny ImageNet: ``train/<wnid>/images/*``; its labelled ``val/`` becomes the test split (the
-    official test split has no labels). Class order: sorted wnids."""
-    wnids = sorted({w.strip() for w in tree.read("wnids.txt").decode().split() if w.strip()})
-    index = {w: i for i, w in enumerate(wnids)}
+def _tiny_train(tree: FileTree, index: dict[str, int], skipped: Skipped) -> RawSplit:
+    """``train/<wnid>/images/*``; the ``<wnid>_boxes.txt`` files are the layout's, not data."""
     train = RawSplit()
     for f in tree.under("train"):
         parts = f.split("/")
-        if len(parts) == 4 and parts[2] == "images" and is_image_name(f) and parts[1] in index:
-            train.add(f, tree.read(f), index[parts[1]])
-    test = RawSplit()
-    if "val/val_annotations.txt" not in tree:
-        raise Lm2vError(f"tiny-imagenet layout needs val/val_annotations.txt in {tree.root}")
-    for line in tree.read("val/val_annotations.txt").decode().splitlines():
-        cols = line.split("\t")
-        if len(cols) < 2:
+        if len(parts) == 3 and parts[2] == f"{parts[1]}_boxes.txt":
             continue
-        if cols[1] not in index:
-            raise Lm2vError(f"val/val_annotations.txt names unknown class {cols[1]!r}")
-        test.add(f"val/images/{cols[0]}", tree.read(f"val/images/{cols[0]}"), index[cols[1]])
+        if len(parts) != 4 or parts[2] != "images":
+            skipped.add("files outside the tiny-imagenet layout", f)
+        elif not is_image_name(f):
+            skipped.add(NON_IMAGE, f)
+        elif parts[1] not in index:
+            skipped.add("images of classes missing from wnids.txt", f)
+        else:
+            train.add(f, index[parts[1]])
     if not train.names:
         raise Lm2vError(f"no images under train/<wnid>/images/ in {tree.root}")
-    return {"train": train, "test": test}, _tiny_names(tree, wnids)
+    return train
 
 
-def _imagefolder_raw(tree: FileTree, test_fraction: float, seed: int) -> tuple[dict[str, RawSplit], list[str]]:
+def _tiny_val(tree: FileTree, index: dict[str, int], skipped: Skipped) -> RawSplit:
+    """The labelled ``val/`` split from ``val/val_annotations.txt``; a bad line or missing file is an error."""
+    ann = "val/val_annotations.txt"
+    if ann not in tree:
+        raise Lm2vError(f"tiny-imagenet layout needs {ann} in {tree.root}")
+    test = RawSplit()
+    for n, line in enumerate(tree.read(ann).decode().splitlines(), 1):
+        cols = line.split("\t")
+        if not line.strip():
+            continue
+        if len(cols) < 2:
+            raise Lm2vError(f"{ann} line {n} is not '<file>\\t<wnid>...': {line[:60]!r}")
+        if cols[1] not in index:
+            raise Lm2vError(f"{ann} names unknown class {cols[1]!r}")
+        if f"val/images/{cols[0]}" not in tree:
+            raise Lm2vError(f"{ann} line {n} names val/images/{cols[0]}, which is not in {tree.root}")
+        test.add(f"val/images/{cols[0]}", index[cols[1]])
+    listed = set(test.names) | {ann}
+    skipped.extend("val files not in val/val_annotations.txt", [f for f in tree.under("val") if f not in listed])
+    return test
+
+
+def _tiny_imagenet_raw(tree: FileTree, skipped: Skipped) -> tuple[dict[str, RawSplit], list[str]]:
+    """Tiny ImageNet: ``train/<wnid>/images/*``; its labelled ``val/`` becomes the test split (the
+    official ``test/`` has no labels and is never read). Class order: sorted wnids."""
+    wnids = sorted({w.strip() for w in tree.read("wnids.txt").decode().split() if w.strip()})
+    index = {w: i for i, w in enumerate(wnids)}
+    raw = {"train": _tiny_train(tree, index, skipped), "test": _tiny_val(tree, index, skipped)}
+    known = ("wnids.txt", "words.txt")
+    skipped.extend("files outside the tiny-imagenet layout",
+                   [f for f in tree.files if f.split("/", 1)[0] not in ("train", "val", "test") and f not in known])
+    return raw, _tiny_names(tree, wnids)
+
+
+def _imagefolder_raw(tree: FileTree, test_fraction: float, seed: int,
+                     skipped: Skipped) -> tuple[dict[str, RawSplit], list[str]]:
     """``<class>/*`` with no split folders: a seeded, stratified train/test split."""
-    files = [f for f in tree.files if "/" in f and is_image_name(f)]
-    if not files:
+    by_class = _class_files(tree, "", skipped)
+    if not by_class:
         raise Lm2vError(f"no images found in {tree.root} (expected <class>/<image> files)")
-    classes = sorted({_class_of(f, 0) for f in files})
-    index = {c: i for i, c in enumerate(classes)}
-    labels = torch.tensor([index[_class_of(f, 0)] for f in files])
+    classes = sorted(by_class)
+    files = [f for c in classes for f in by_class[c]]
+    labels = torch.tensor([i for i, c in enumerate(classes) for _ in by_class[c]])
     train_idx, test_idx = stratified_split(labels, test_fraction, seed)
+    option = f"data.test_fraction={test_fraction}"
+    _check_no_lost_class(labels, train_idx, classes, "test", option)
+    _check_held_size(labels, test_idx, "test", "images", option, "raise data.test_fraction", per_class=False)
     raw = {}
     for split, idx in (("train", train_idx), ("test", test_idx)):
         raw[split] = RawSplit()
         for i in idx.tolist():
-            raw[split].add(files[i], tree.read(files[i]), int(labels[i]))
+            raw[split].add(files[i], int(labels[i]))
     return raw, classes
 
 
@@ -173,22 +264,29 @@ def detect_format(tree: FileTree) -> str:
 
 def read_dataset(path: str | Path, format: str = "auto", store_size: int = 32, on_corrupt: str = "skip",
                  test_fraction: float = 0.2, split_seed: int = 0) -> dict[str, ImageSet]:
-    """Read the folder or archive at ``path`` into ``{"train", "test"[, "val"]}`` image sets."""
+    """Read the folder or archive at ``path`` into ``{"train", "test"[, "val"]}`` image sets.
+
+    Every file or folder left out (hidden, non-image, outside the layout, corrupt, ...) is counted and
+    named in ONE warning; CIFAR layouts read a fixed list of files and ignore the rest of the folder.
+    """
     if format not in FORMATS:
         raise Lm2vError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     tree = FileTree(path)
-    if not tree.files:
-        raise Lm2vError(f"dataset is empty: {tree.root}")
     fmt = detect_format(tree) if format == "auto" else format
     if fmt in ("cifar10", "cifar100"):
         return cifar.read_cifar_tree(tree, fmt)
-    if fmt == "tiny-imagenet":
-        raw, classes = _tiny_imagenet_raw(tree)
-    elif fmt == "folder":
-        raw, classes = _folder_raw(tree)
-    else:
-        raw, classes = _imagefolder_raw(tree, test_fraction, split_seed)
-    return decode_splits(raw, classes, store_size, on_corrupt)
+    try:  # the warning comes even when the read fails: it may say why (e.g. every file was a .tif)
+        if not tree.files:
+            raise Lm2vError(f"dataset is empty: {tree.root}")
+        if fmt == "tiny-imagenet":
+            raw, classes = _tiny_imagenet_raw(tree, tree.skipped)
+        elif fmt == "folder":
+            raw, classes = _folder_raw(tree, tree.skipped)
+        else:
+            raw, classes = _imagefolder_raw(tree, test_fraction, split_seed, tree.skipped)
+        return decode_splits(raw, classes, tree.read, store_size, on_corrupt, tree.skipped)
+    finally:
+        tree.skipped.warn(tree.root)
 
 
 # ---------------------------------------------------------------- the dispatcher
@@ -231,20 +329,43 @@ def load_imageset_splits(cfg: DataConfig) -> DataSplits:
 
     The caps (``max_*_per_class``) are applied first; then, unless the dataset ships a ``val/`` split,
     ``val_fraction`` of each training class is carved out as validation (seeded by ``split_seed``).
-    The test split is never used for anything else.
+    The test split is never used for anything else. An empty split, a validation split with fewer
+    images than classes, or a class left with no training image is an Lm2vError naming the option
+    that fixes it (choices such as the probe's learning rate are made on the validation split).
     """
     _check_config(cfg)
     sets = _read_source(cfg)
     train, test = sets["train"], sets["test"]
+    for name, split in (("training", train), ("test", test)):
+        if len(split) == 0:
+            raise Lm2vError(f"the {name} split is empty: none of the {name} images of {cfg.dataset} could be read "
+                            "(the warning above names the skipped files)")
     if cfg.max_train_per_class is not None:
         train = train.subset(cap_per_class(train.labels, cfg.max_train_per_class, cfg.split_seed))
     if cfg.max_test_per_class is not None:
         test = test.subset(cap_per_class(test.labels, cfg.max_test_per_class, cfg.split_seed))
     if "val" in sets:
         val = sets["val"]
+        _check_shipped_val(val, train)
     else:
-        kept, held = stratified_split(train.labels, cfg.val_fraction, cfg.split_seed)
-        train, val = train.subset(kept), train.subset(held)
-    if len(train) == 0 or len(test) == 0:
-        raise Lm2vError(f"dataset {cfg.dataset} has an empty train or test split")
+        train, val = _carve_val(train, cfg)
     return DataSplits(train, val, test)
+
+
+def _carve_val(train: ImageSet, cfg: DataConfig) -> tuple[ImageSet, ImageSet]:
+    """(train, val): ``val_fraction`` of each class held out, refused when it leaves a split unusable."""
+    kept, held = stratified_split(train.labels, cfg.val_fraction, cfg.split_seed)
+    option = f"data.val_fraction={cfg.val_fraction}"
+    fix = "raise data.val_fraction" + (" or data.max_train_per_class" if cfg.max_train_per_class is not None else "")
+    _check_no_lost_class(train.labels, kept, train.classes, "validation", option)
+    _check_held_size(train.labels, held, "validation", "training images", option, fix, per_class=True)
+    return train.subset(kept), train.subset(held)
+
+
+def _check_shipped_val(val: ImageSet, train: ImageSet) -> None:
+    """The dataset's own val/ split needs at least as many readable images as training classes."""
+    classes = len(torch.unique(train.labels))
+    if len(val) < classes:
+        raise Lm2vError(f"the validation split (the dataset's val/ folder) has {len(val)} readable images for "
+                        f"{classes} classes, fewer than one per class; add images to val/, or remove val/ so "
+                        "that data.val_fraction of train/ is held out instead")

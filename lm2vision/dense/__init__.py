@@ -7,7 +7,7 @@ Commands: ``lm2v detect`` and ``lm2v segment`` (see :mod:`lm2vision.cli.dense`).
 from .boxes import box_area, box_cxcywh_to_xyxy, box_iou, box_xyxy_to_cxcywh, generalized_box_iou
 from .config import DenseDataConfig, DetectConfig, InferConfig, SegmentConfig, check_dense_config
 from .datasets import CocoDetection, SegmentationFolder, segmentation_pairs
-from .engine import build_backbone, detection_task, fit, load_dense_model, run_dense, segmentation_task
+from .engine import DenseTask, build_backbone, detection_task, load_dense_model, run_dense, segmentation_task
 from .heads import DetrHead, DetrHeadConfig, LinearDecoder, MaskTransformer, SegHeadConfig, copy_blocks
 from .inference import detections_from_outputs, predict_detections, predict_segmentation, slide_logits
 from .losses import DetectLossConfig, detr_loss, segmentation_loss, set_loss_terms
@@ -20,7 +20,7 @@ __all__ = [
     "box_area", "box_cxcywh_to_xyxy", "box_iou", "box_xyxy_to_cxcywh", "generalized_box_iou",
     "DenseDataConfig", "DetectConfig", "InferConfig", "SegmentConfig", "check_dense_config",
     "CocoDetection", "SegmentationFolder", "segmentation_pairs",
-    "build_backbone", "detection_task", "fit", "load_dense_model", "run_dense", "segmentation_task",
+    "DenseTask", "build_backbone", "detection_task", "load_dense_model", "run_dense", "segmentation_task",
     "DetrHead", "DetrHeadConfig", "LinearDecoder", "MaskTransformer", "SegHeadConfig", "copy_blocks",
     "detections_from_outputs", "predict_detections", "predict_segmentation", "slide_logits",
     "DetectLossConfig", "detr_loss", "segmentation_loss", "set_loss_terms",

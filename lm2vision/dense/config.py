@@ -8,11 +8,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from ..config import bounds, choices, validate
 from ..errors import Lm2vError
 from ..models import ModelConfig, TrainableSpec
-from ..train.config import OptimConfig, RuntimeConfig, check_runtime
+from ..train.config import OptimConfig, RuntimeConfig, sdpa_backends
 from .heads import DetrHeadConfig, SegHeadConfig
 from .losses import DetectLossConfig
+
+
+DETECT_LAYOUTS = ("coco",)
+SEGMENT_LAYOUTS = ("ade20k", "pascal_context", "pascal_context60", "folder")
 
 
 @dataclass
@@ -24,17 +29,17 @@ class DenseDataConfig:
     """
 
     root: str = ""
-    layout: str = "coco"  # detect: coco; segment: ade20k | pascal_context | pascal_context60 | folder
+    layout: str = field(default="coco", metadata=choices(*DETECT_LAYOUTS, *SEGMENT_LAYOUTS))  # detect: coco only
     train_split: str = "train"
     val_split: str = "val"
     images_dir: str = "{split}2017"
     ann_file: str = "annotations/instances_{split}2017.json"
-    num_classes: int = 0  # folder layout without classes.txt
-    max_train: int = 0  # 0 = all
-    max_val: int = 0
-    min_scale: float = 0.5
+    num_classes: int = field(default=0, metadata=bounds(ge=0))  # folder layout without classes.txt
+    max_train: int = field(default=0, metadata=bounds(ge=0))  # 0 = all
+    max_val: int = field(default=0, metadata=bounds(ge=0))
+    min_scale: float = field(default=0.5, metadata=bounds(gt=0))
     max_scale: float = 2.0
-    num_workers: int = 0
+    num_workers: int = field(default=0, metadata=bounds(ge=0))
     mean: List[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: List[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
 
@@ -49,9 +54,9 @@ class InferConfig:
     window are padded), logits averaged where windows overlap, then resized to the original size.
     """
 
-    mode: str = "resize"
-    stride: int = 0
-    short_side: int = 0
+    mode: str = field(default="resize", metadata=choices("resize", "slide"))  # detection: resize only
+    stride: int = field(default=0, metadata=bounds(ge=0))
+    short_side: int = field(default=0, metadata=bounds(ge=0))
 
 
 @dataclass
@@ -68,7 +73,7 @@ class DetectConfig:
         epochs=50, batch_size=16, lr=1e-4, weight_decay=1e-4, warmup_epochs=1.0, label_smoothing=0.0, grad_clip=0.1))
     infer: InferConfig = field(default_factory=InferConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    eval_every: int = 1  # evaluate every N epochs (and always after the last)
+    eval_every: int = field(default=1, metadata=bounds(ge=1))  # evaluate every N epochs (and always after the last)
 
 
 @dataclass
@@ -84,25 +89,23 @@ class SegmentConfig:
         epochs=64, batch_size=8, lr=1e-4, weight_decay=0.0, warmup_epochs=1.0, label_smoothing=0.0, grad_clip=1.0))
     infer: InferConfig = field(default_factory=lambda: InferConfig(mode="slide"))
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    eval_every: int = 1  # evaluate every N epochs (and always after the last)
+    eval_every: int = field(default=1, metadata=bounds(ge=1))  # evaluate every N epochs (and always after the last)
 
 
 def check_dense_config(cfg: DetectConfig | SegmentConfig) -> None:
-    """One-line errors for settings that cannot run."""
+    """One-line errors for settings that cannot run: the declared choices and bounds
+    (:func:`lm2vision.config.validate`), then the rules that depend on the task or tie fields together."""
+    validate(cfg)
+    sdpa_backends(cfg.runtime.sdpa)  # a comma list: parsed, not declared
     detect = isinstance(cfg, DetectConfig)
-    layouts = ("coco",) if detect else ("ade20k", "pascal_context", "pascal_context60", "folder")
+    layouts = DETECT_LAYOUTS if detect else SEGMENT_LAYOUTS
     if cfg.data.layout not in layouts:
-        raise Lm2vError(f"data.layout must be one of {layouts}, got {cfg.data.layout!r}")
+        raise Lm2vError(f"{'detect' if detect else 'segment'} reads data.layout {' or '.join(layouts)}, got {cfg.data.layout!r}")
     if not cfg.data.root:
         raise Lm2vError("data.root is empty: give --data ROOT (or data.root=...), or --synthetic N")
-    if cfg.infer.mode not in (("resize",) if detect else ("resize", "slide")):
-        raise Lm2vError(f"infer.mode {cfg.infer.mode!r} is not supported for {'detection (resize only)' if detect else 'segmentation (resize, slide)'}")
-    if cfg.optim.epochs < 1 or cfg.optim.batch_size < 1:
-        raise Lm2vError("optim.epochs and optim.batch_size must be >= 1")
-    check_runtime(cfg.runtime)
-    if cfg.eval_every < 1:
-        raise Lm2vError(f"eval_every must be >= 1, got {cfg.eval_every}")
-    if not 0 < cfg.data.min_scale <= cfg.data.max_scale:
-        raise Lm2vError(f"need 0 < data.min_scale <= data.max_scale, got {cfg.data.min_scale}, {cfg.data.max_scale}")
+    if detect and cfg.infer.mode != "resize":
+        raise Lm2vError(f"infer.mode {cfg.infer.mode!r} is not supported for detection (resize only)")
+    if cfg.data.min_scale > cfg.data.max_scale:
+        raise Lm2vError(f"need data.min_scale <= data.max_scale, got {cfg.data.min_scale}, {cfg.data.max_scale}")
     if detect and (cfg.head.num_queries < 1 or cfg.head.d_model % 4):
         raise Lm2vError("head.num_queries must be >= 1 and head.d_model divisible by 4")

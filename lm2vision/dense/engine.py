@@ -1,40 +1,38 @@
-"""Training and evaluation of the dense tasks, with the classification stage's run conventions.
+"""Detection and segmentation as tasks of the one trainer (:func:`lm2vision.train.trainer.fit`).
+
+This module says only what differs between the dense tasks and classification: the model (a
+backbone with a DETR or Segmenter head), the training batches (a DataLoader sharded per rank), the
+loss and the evaluation (COCO box mAP; mIoU and pixel accuracy). The loop, amp, accumulation,
+checkpoints, resume, ``stop_after`` and torchrun are the trainer's, as for ``lm2v bridge``.
 
 A run directory holds ``config.yaml``, ``metrics.jsonl`` (one record per epoch, then an
 ``"event": "test"`` record on the validation split with the final weights), ``summary.json``,
 ``init.safetensors`` (trainable weights at the start), ``model.safetensors`` (all final weights),
-``checkpoints/last.{safetensors,json}`` (resume) and ``tb/``. The helpers come from
-:mod:`lm2vision.train`; the loop itself is shared by ``detect`` and ``segment`` through a small
-:class:`DenseTask` (build data, one loss, one evaluation).
+``checkpoints/last.{safetensors,json}`` (resume) and ``tb/``.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import random
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
-from ..config import save_config, to_dict
+from ..config import save_config
 from ..data.transforms import normalize
 from ..errors import Lm2vError
 from ..models import apply_trainable, create_backbone, trainable_summary
-from ..train.checkpoint import (load_checkpoint, load_full_model, save_checkpoint, save_full_model, save_tensors,
-                                trainable_state)
-from ..train.distributed import resolve_amp
-from ..train.loop import check_finite_loss
-from ..train.optim import base_lr, build_optimizer, lr_at, set_lr
-from ..train.rundir import MetricsLogger, prepare_run_dir
-from ..train.runs import read_run_config
-from ..utils.device import resolve_device
-from ..utils.io import atomic_write_json
+from ..train.checkpoint import load_full_model
+from ..train.distributed import Runtime, setup_runtime, teardown
+from ..train.loop import epoch_seed
+from ..train.rundir import MetricsLogger, load_run_model, prepare_run_dir, read_run_config
+from ..train.trainer import fit, say
 from .config import DetectConfig, SegmentConfig, check_dense_config
 from .datasets import CocoDetection, SegmentationFolder, detection_collate, list_collate, segmentation_pairs
 from .inference import detections_from_outputs, predict_segmentation
@@ -52,8 +50,6 @@ def build_backbone(cfg: DetectConfig | SegmentConfig) -> nn.Module:
     config describes the model that was trained).
     """
     if cfg.init:
-        from ..train import load_run_model
-
         backbone, run_cfg = load_run_model(cfg.init)
         cfg.model = run_cfg.model
     else:
@@ -62,19 +58,12 @@ def build_backbone(cfg: DetectConfig | SegmentConfig) -> nn.Module:
     return backbone
 
 
-def _select_trainable(model: nn.Module, cfg) -> None:
+def _select_trainable(model: nn.Module, cfg, rt: Runtime) -> None:
     apply_trainable(model.backbone, cfg.trainable)
     model.backbone.head.requires_grad_(False)
     model.head.requires_grad_(True)
-    print(trainable_summary(model.backbone))
     n_head = sum(p.numel() for p in model.head.parameters())
-    print(f"  dense head {n_head:>12,} train")
-
-
-def autocast(device: torch.device, amp: str):
-    """Autocast on CUDA with the classification loop's rule (``resolve_amp``: auto = bf16); nothing on CPU."""
-    dtype = resolve_amp(amp, device) if device.type == "cuda" else None
-    return contextlib.nullcontext() if dtype is None else torch.autocast("cuda", dtype=dtype)
+    say(rt, f"{trainable_summary(model.backbone)}\n  dense head {n_head:>12,} train")
 
 
 # ----------------------------------------------------------------------------- tasks
@@ -82,15 +71,78 @@ def autocast(device: torch.device, amp: str):
 
 @dataclass
 class DenseTask:
-    """What differs between detection and segmentation."""
+    """A dense task for :func:`~lm2vision.train.trainer.fit` (the ``Task`` interface).
 
-    name: str
+    Training batches come from a DataLoader over this rank's shard (``DistributedSampler``, dropping
+    the remainder), reshuffled by (seed, epoch); the datasets' augmentation draws from Python's
+    ``random``, seeded by (seed, epoch, rank), so a resumed run sees the same batches. There are no
+    test labels (COCO, ADE20K): the final figures are the validation split's, with the final weights.
+    """
+
+    name: str  # detect | segment
     model: nn.Module
-    train_set: torch.utils.data.Dataset
+    train_set: Dataset
     collate: Callable
-    loss: Callable  # (model, batch, device) -> (loss, logs)
-    evaluate: Callable  # (model, device) -> metrics dict (numbers)
+    step_loss: Callable  # (model, batch) -> scalar loss
+    evaluate_val: Callable  # (model) -> metrics of the validation split
     classes: list[str]
+    cfg: DetectConfig | SegmentConfig
+    rt: Runtime
+
+    test_is_val = True
+
+    @property
+    def eval_every(self) -> int:
+        return self.cfg.eval_every
+
+    @property
+    def test_split(self) -> str:
+        return self.cfg.data.val_split
+
+    @property
+    def steps_per_epoch(self) -> int:
+        W = self.rt.world_size
+        return (len(self.train_set) // W) // (self.cfg.optim.batch_size // W)
+
+    def batches(self, epoch: int, accum: int) -> Iterator:
+        seed, rank = self.cfg.runtime.seed, self.rt.rank
+        random.seed(epoch_seed(seed, epoch) + rank)  # flips, scales and crops of the datasets (worker 0 = none)
+        sampler = DistributedSampler(self.train_set, num_replicas=self.rt.world_size, rank=rank, shuffle=True,
+                                     seed=seed, drop_last=True)
+        sampler.set_epoch(epoch)
+        micro = self.cfg.optim.batch_size // (self.rt.world_size * accum)
+        # the generator seeds the workers' own ``random`` (num_workers > 0) by (seed, epoch, rank) too
+        return iter(DataLoader(self.train_set, batch_size=micro, sampler=sampler, drop_last=True,
+                               collate_fn=self.collate, num_workers=self.cfg.data.num_workers,
+                               pin_memory=self.rt.device.type == "cuda",
+                               generator=torch.Generator().manual_seed(epoch_seed(seed, epoch) + rank)))
+
+    def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The task's loss and the sums (loss, batches) of the epoch's mean train loss."""
+        value = self.step_loss(model, batch)
+        return value, torch.stack([value.detach().float(), torch.ones((), device=value.device)])
+
+    def train_metrics(self, sums: list[float]) -> dict:
+        return {"train_loss": sums[0] / max(sums[1], 1.0)}
+
+    def evaluate(self, model: nn.Module, split: str) -> dict:
+        """The validation split's metrics (``split`` "test" too: there are no test labels)."""
+        return self.evaluate_val(model)
+
+    def summary(self, last: dict, test: dict) -> dict:
+        """Final figures; ``test_*`` are measured on the validation split with the final weights
+        (COCO and ADE20K publish no test labels), never the best epoch."""
+        cfg, model = self.cfg, self.model
+        return {"stage": self.name, "model": cfg.model.name, "pretrained": cfg.model.pretrained, "init": cfg.init,
+                "trainable_blocks": cfg.trainable.blocks, "epochs": cfg.optim.epochs, "split": cfg.data.val_split,
+                "train_images": len(self.train_set), "params": sum(p.numel() for p in model.parameters()),
+                "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                "classes": list(self.classes), **{f"test_{k}": v for k, v in test.items()}, "final": dict(test)}
+
+
+def _check_batch(cfg, n_train: int) -> None:
+    if n_train < cfg.optim.batch_size:
+        raise Lm2vError(f"batch size {cfg.optim.batch_size} exceeds the {n_train} training images")
 
 
 def _coco_paths(cfg: DetectConfig, split: str) -> tuple[Path, Path]:
@@ -98,37 +150,42 @@ def _coco_paths(cfg: DetectConfig, split: str) -> tuple[Path, Path]:
     return root / cfg.data.images_dir.format(split=split), root / cfg.data.ann_file.format(split=split)
 
 
-def detection_task(cfg: DetectConfig) -> DenseTask:
+def detection_task(cfg: DetectConfig, rt: Runtime) -> DenseTask:
     """DETR on a COCO-format set; evaluation = COCO box mAP on the validation split."""
     backbone = build_backbone(cfg)
     S = backbone.cfg.image_size
     train_set = CocoDetection(*_coco_paths(cfg, cfg.data.train_split), S, train=True, max_items=cfg.data.max_train)
     val_set = CocoDetection(*_coco_paths(cfg, cfg.data.val_split), S, train=False, max_items=cfg.data.max_val)
+    _check_batch(cfg, len(train_set))
     torch.manual_seed(cfg.runtime.seed)
-    model = Detector(backbone, len(train_set.classes), cfg.head)
+    model = Detector(backbone, len(train_set.classes), cfg.head).to(rt.device)
+    _select_trainable(model, cfg, rt)
     mean, std = cfg.data.mean, cfg.data.std
 
-    def loss(model, batch, device):
+    def targets_on(targets):
+        return [{"labels": t["labels"].to(rt.device), "boxes": t["boxes"].to(rt.device)} for t in targets]
+
+    def step_loss(model, batch):
         imgs, targets = batch
-        targets = [{"labels": t["labels"].to(device), "boxes": t["boxes"].to(device)} for t in targets]
-        outputs = model(normalize(imgs.to(device, non_blocking=True), mean, std))
-        return detr_loss(outputs, targets, cfg.loss)
+        outputs = model(normalize(imgs.to(rt.device, non_blocking=True), mean, std))
+        return detr_loss(outputs, targets_on(targets), cfg.loss)[0]
 
     @torch.no_grad()
-    def evaluate(model, device):
-        loader = torch.utils.data.DataLoader(val_set, batch_size=cfg.runtime.eval_batch_size,
-                                             collate_fn=detection_collate, num_workers=cfg.data.num_workers)
+    def evaluate(model):
+        model.eval()
+        loader = DataLoader(val_set, batch_size=cfg.runtime.eval_batch_size, collate_fn=detection_collate,
+                            num_workers=cfg.data.num_workers)
         dets, losses = [], []
-        for imgs, targets in tqdm(loader, desc="detect eval", disable=not cfg.runtime.progress, leave=False):
-            with autocast(device, cfg.runtime.amp):
-                outputs = model(normalize(imgs.to(device), mean, std))
-            tgt = [{"labels": t["labels"].to(device), "boxes": t["boxes"].to(device)} for t in targets]
-            losses.append(detr_loss(outputs, tgt, cfg.loss)[0].item())
+        for imgs, targets in tqdm(loader, desc="detect eval", disable=not (cfg.runtime.progress and rt.is_main),
+                                  leave=False):
+            with rt.autocast():
+                outputs = model(normalize(imgs.to(rt.device), mean, std))
+            losses.append(detr_loss(outputs, targets_on(targets), cfg.loss)[0].item())
             for t, d in zip(targets, detections_from_outputs(outputs, [t["orig_size"] for t in targets])):
                 dets += _coco_results(t["image_id"], d, val_set.cat_ids)
         return {"loss": sum(losses) / max(len(losses), 1), **coco_map(val_set.coco, dets)}
 
-    return DenseTask("detect", model, train_set, detection_collate, loss, evaluate, train_set.classes)
+    return DenseTask("detect", model, train_set, detection_collate, step_loss, evaluate, train_set.classes, cfg, rt)
 
 
 def _coco_results(image_id: int, det: dict, cat_ids: list[int]) -> list[dict]:
@@ -144,36 +201,38 @@ def _seg_set(cfg: SegmentConfig, split: str, train: bool, image_size: int, max_i
                               cfg.data.min_scale, cfg.data.max_scale)
 
 
-def segmentation_task(cfg: SegmentConfig) -> DenseTask:
+def segmentation_task(cfg: SegmentConfig, rt: Runtime) -> DenseTask:
     """Segmenter / linear decoder; evaluation = mIoU, pixel accuracy on the validation split."""
     backbone = build_backbone(cfg)
     S = backbone.cfg.image_size
     train_set = _seg_set(cfg, cfg.data.train_split, True, S, cfg.data.max_train)
     val_set = _seg_set(cfg, cfg.data.val_split, False, S, cfg.data.max_val)
+    _check_batch(cfg, len(train_set))
     K = len(train_set.classes)
     torch.manual_seed(cfg.runtime.seed)
-    model = Segmenter(backbone, K, cfg.head)
+    model = Segmenter(backbone, K, cfg.head).to(rt.device)
+    _select_trainable(model, cfg, rt)
     mean, std = cfg.data.mean, cfg.data.std
 
-    def loss(model, batch, device):
+    def step_loss(model, batch):
         imgs, masks = batch
-        logits = model(normalize(imgs.to(device, non_blocking=True), mean, std))  # (B, K, S, S)
-        value = segmentation_loss(logits.float(), masks.to(device))
-        return value, {"ce": float(value.detach())}
+        logits = model(normalize(imgs.to(rt.device, non_blocking=True), mean, std))  # (B, K, S, S)
+        return segmentation_loss(logits.float(), masks.to(rt.device))
 
     @torch.no_grad()
-    def evaluate(model, device):
-        loader = torch.utils.data.DataLoader(val_set, batch_size=1, collate_fn=list_collate,
-                                             num_workers=cfg.data.num_workers)
+    def evaluate(model):
+        model.eval()
+        loader = DataLoader(val_set, batch_size=1, collate_fn=list_collate, num_workers=cfg.data.num_workers)
         cm = torch.zeros(K, K, dtype=torch.int64)
-        for imgs, masks in tqdm(loader, desc="segment eval", disable=not cfg.runtime.progress, leave=False):
+        for imgs, masks in tqdm(loader, desc="segment eval", disable=not (cfg.runtime.progress and rt.is_main),
+                                leave=False):
             for img, mask in zip(imgs, masks):
-                with autocast(device, cfg.runtime.amp):
+                with rt.autocast():
                     logits = predict_segmentation(model, img, S, K, cfg.infer, mean, std)
                 cm += confusion_matrix(logits.argmax(0).cpu(), mask, K)
         return {**segmentation_scores(cm), **majority_baseline(cm)}
 
-    return DenseTask("segment", model, train_set, _stack_collate, loss, evaluate, train_set.classes)
+    return DenseTask("segment", model, train_set, _stack_collate, step_loss, evaluate, train_set.classes, cfg, rt)
 
 
 def _stack_collate(batch):
@@ -190,101 +249,7 @@ def majority_baseline(cm: torch.Tensor) -> dict[str, float]:
     return {"baseline_miou": frac / int((gt > 0).sum()), "baseline_pixel_acc": frac}
 
 
-# ----------------------------------------------------------------------------- the loop
-
-
-def _train_epoch(task: DenseTask, cfg, optimizer, scaler, device, epoch: int, sched: dict) -> tuple[float, dict]:
-    model = task.model.train()
-    random.seed(cfg.runtime.seed + epoch)
-    g = torch.Generator().manual_seed(cfg.runtime.seed + epoch)
-    bs = cfg.optim.batch_size
-    loader = torch.utils.data.DataLoader(task.train_set, batch_size=bs, shuffle=True, generator=g,
-                                         drop_last=len(task.train_set) >= bs, collate_fn=task.collate,
-                                         num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
-    params = [p for p in model.parameters() if p.requires_grad]
-    total, n, logs = 0.0, 0, {}
-    for i, batch in enumerate(tqdm(loader, desc=f"{task.name} epoch {epoch + 1}", disable=not cfg.runtime.progress,
-                                   leave=False)):
-        set_lr(optimizer, lr_at(epoch * sched["steps"] + i, sched["total"], sched["warmup"], sched["peak"],
-                                cfg.optim.min_lr))
-        with autocast(device, cfg.runtime.amp):
-            loss, logs = task.loss(model, batch, device)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if cfg.optim.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        total, n = total + loss.item(), n + 1
-    return total / max(n, 1), logs
-
-
-def _schedule(cfg, n_train: int) -> dict:
-    bs = cfg.optim.batch_size
-    steps = max(n_train // bs, 1) if n_train >= bs else 1
-    return {"steps": steps, "total": steps * cfg.optim.epochs, "warmup": int(cfg.optim.warmup_epochs * steps),
-            "peak": base_lr(cfg.optim)}
-
-
-def fit(task: DenseTask, cfg, run: Path, resume: bool) -> dict:
-    """Train ``task.model`` for ``cfg.optim.epochs`` and write the run directory; returns the summary."""
-    device = resolve_device(cfg.runtime.device)
-    model = task.model.to(device)
-    _select_trainable(model, cfg)
-    optimizer = build_optimizer(model, cfg.optim)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.runtime.amp == "fp16")
-    logger = MetricsLogger(run, tensorboard=cfg.runtime.tensorboard)
-    start = 0
-    if resume:
-        start = load_checkpoint(run, model, optimizer)["epoch"]
-        logger.truncate_after(start)
-    else:
-        save_tensors(run / "init.safetensors", trainable_state(model))
-    try:
-        return _epochs(task, cfg, run, model, optimizer, scaler, device, logger, start)
-    finally:
-        logger.close()
-
-
-def _epochs(task: DenseTask, cfg, run: Path, model, optimizer, scaler, device, logger, start: int) -> dict:
-    sched, metrics = _schedule(cfg, len(task.train_set)), {}
-    stop = cfg.optim.epochs if cfg.runtime.stop_after is None else min(cfg.optim.epochs, start + cfg.runtime.stop_after)
-    for epoch in range(start, stop):
-        t_epoch = time.perf_counter()
-        train_loss, _ = _train_epoch(task, cfg, optimizer, scaler, device, epoch, sched)
-        dt = time.perf_counter() - t_epoch
-        last = epoch + 1 == cfg.optim.epochs
-        metrics = task.evaluate(model.eval(), device) if last or (epoch + 1) % cfg.eval_every == 0 else {}
-        record = {"epoch": epoch + 1, "stage": task.name, "train_loss": train_loss,
-                  "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": dt,
-                  "img_per_s": sched["steps"] * cfg.optim.batch_size / dt,
-                  **{f"val_{k}": v for k, v in metrics.items()}}
-        logger.log(record)
-        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-        check_finite_loss(train_loss, epoch)
-        save_checkpoint(run, model, optimizer, {"epoch": epoch + 1, "config": to_dict(cfg)})
-    if stop < cfg.optim.epochs:
-        print(f"stopped after epoch {stop} (runtime.stop_after); continue with --resume")
-        return {"stopped": True, "epoch": stop}
-    if not metrics:  # resumed after the last epoch: evaluate the final weights
-        metrics = task.evaluate(model.eval(), device)
-    save_full_model(run / "model.safetensors", model)
-    test = {f"test_{k}": v for k, v in metrics.items()}
-    logger.log({"event": "test", "stage": task.name, "split": cfg.data.val_split, "epoch": cfg.optim.epochs, **test})
-    summary = _summary(task, cfg, model, test)
-    atomic_write_json(run / "summary.json", summary)
-    return summary
-
-
-def _summary(task: DenseTask, cfg, model: nn.Module, test: dict) -> dict:
-    """Final figures; ``test_*`` are measured on the validation split with the final weights
-    (COCO and ADE20K publish no test labels), never the best epoch."""
-    return {"stage": task.name, "model": cfg.model.name, "pretrained": cfg.model.pretrained, "init": cfg.init,
-            "trainable_blocks": cfg.trainable.blocks, "epochs": cfg.optim.epochs, "split": cfg.data.val_split,
-            "train_images": len(task.train_set), "params": sum(p.numel() for p in model.parameters()),
-            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "classes": list(task.classes), **test, "final": {k[5:]: v for k, v in test.items()}}
+# ----------------------------------------------------------------------------- runs
 
 
 def load_dense_model(run: str | Path) -> tuple[nn.Module, DetectConfig | SegmentConfig, list[str]]:
@@ -311,11 +276,31 @@ def load_dense_model(run: str | Path) -> tuple[nn.Module, DetectConfig | Segment
 
 
 def run_dense(cfg: DetectConfig | SegmentConfig, out: str | Path, resume: bool = False, overwrite: bool = False,
-              prepared: Path | None = None) -> dict:
-    """Check ``cfg``, prepare ``out`` (unless ``prepared``), build the task, train, return the summary."""
+              prepare: Callable[[Path], None] | None = None) -> dict:
+    """Check ``cfg``, prepare the run directory ``out``, build the task and train it with
+    :func:`~lm2vision.train.trainer.fit`; returns the summary. Runs as one process or under torchrun
+    (DDP). ``prepare(run)`` runs on the main process once the directory exists (e.g. to write a
+    synthetic data set into it that ``cfg.data.root`` points at).
+    """
     check_dense_config(cfg)
-    run = prepared or prepare_run_dir(out, resume=resume, overwrite=overwrite)
-    save_config(cfg, run / "config.yaml")  # marks the folder as a run even if building fails
-    task = detection_task(cfg) if isinstance(cfg, DetectConfig) else segmentation_task(cfg)
-    save_config(cfg, run / "config.yaml")  # after build: ``init`` may have filled in cfg.model
-    return fit(task, cfg, run, resume)
+    rt = setup_runtime(cfg.runtime)
+    try:
+        if rt.distributed and cfg.runtime.distributed == "fsdp":
+            raise Lm2vError("runtime.distributed=fsdp shards a backbone's blocks only; dense runs use ddp")
+        run = Path(out)
+        if rt.is_main:
+            prepare_run_dir(run, resume=resume, overwrite=overwrite)
+            if prepare is not None:
+                prepare(run)
+            save_config(cfg, run / "config.yaml")  # marks the folder as a run even if building fails
+        rt.barrier()
+        task = detection_task(cfg, rt) if isinstance(cfg, DetectConfig) else segmentation_task(cfg, rt)
+        if rt.is_main:
+            save_config(cfg, run / "config.yaml")  # after build: ``init`` may have filled in cfg.model
+        logger = MetricsLogger(run, cfg.runtime.tensorboard, enabled=rt.is_main)
+        try:
+            return fit(task, cfg, run, rt, logger, resume)
+        finally:
+            logger.close()
+    finally:
+        teardown(rt)

@@ -5,7 +5,7 @@ attribute paths on the *base* model returned by ``transformers.AutoModel``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..errors import Lm2vError
 
@@ -25,16 +25,23 @@ class ArchSpec:
     max_positions_key: str | None  # config field bounding the number of tokens
     model_kwargs: tuple[tuple[str, object], ...] = ()  # extra AutoModel kwargs (drop unused parts)
     rotary_emb: str | None = None  # module giving (cos, sin) to each block of rotary families
+    extra_embeds: tuple[str, ...] = ()  # other additive input-embedding tables (group ``embed``)
+    pos_offset_key: str | None = None  # config field p: position ids start at p + 1 (RoBERTa's padding)
+    unused_weights: tuple[str, ...] = ()  # regexes of checkpoint keys dropped on purpose (pooler, LM head)
 
     @property
     def rotary(self) -> bool:
         return self.pos_embed is None
 
+    def first_position(self, config) -> int:
+        """Row of the position table that the first token reads (RoBERTa skips its padding rows)."""
+        return getattr(config, self.pos_offset_key) + 1 if self.pos_offset_key else 0
+
 
 _GPT2 = ArchSpec(
     family="gpt2", blocks="h", word_embed="wte", pos_embed="wpe", causal=True,
     attn=("attn.",), mlp=("mlp.",), dropout_keys=("resid_pdrop", "embd_pdrop", "attn_pdrop"),
-    max_positions_key="n_positions",
+    max_positions_key="n_positions", unused_weights=(r"^lm_head\.",),
 )
 _BERT = ArchSpec(
     family="bert", blocks="encoder.layer", word_embed="embeddings.word_embeddings",
@@ -42,11 +49,15 @@ _BERT = ArchSpec(
     attn=("attention.",), mlp=("intermediate.", "output."),
     dropout_keys=("hidden_dropout_prob", "attention_probs_dropout_prob"),
     max_positions_key="max_position_embeddings", model_kwargs=(("add_pooling_layer", False),),
+    extra_embeds=("embeddings.token_type_embeddings",),
+    unused_weights=(r"^pooler\.", r"^cls\."),  # the pooler and BERT's pre-training heads
 )
+# RoBERTa numbers positions from pad_token_id + 1; its masked-LM head is ``lm_head``.
+_ROBERTA = replace(_BERT, family="roberta", pos_offset_key="pad_token_id", unused_weights=(r"^pooler\.", r"^lm_head\."))
 _LLAMA = ArchSpec(
     family="llama", blocks="layers", word_embed="embed_tokens", pos_embed=None, causal=True,
     attn=("self_attn.",), mlp=("mlp.",), dropout_keys=("attention_dropout",), max_positions_key=None,
-    rotary_emb="rotary_emb",
+    rotary_emb="rotary_emb", unused_weights=(r"^lm_head\.",),
 )
 
 # Hugging Face ``config.model_type`` -> layout. LLaMA, Qwen2, Qwen3 and Mistral share one layout
@@ -54,7 +65,7 @@ _LLAMA = ArchSpec(
 ARCH: dict[str, ArchSpec] = {
     "gpt2": _GPT2,
     "bert": _BERT,
-    "roberta": _BERT,
+    "roberta": _ROBERTA,
     "llama": _LLAMA,
     "mistral": _LLAMA,
     "qwen2": _LLAMA,
@@ -78,10 +89,17 @@ TINY_CONFIGS: dict[str, dict] = {
                       bos_token_id=0, eos_token_id=0),
     "tiny-bert": dict(model_type="bert", hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                       intermediate_size=64, max_position_embeddings=256, vocab_size=16),
+    # 256 + 2 positions as roberta-base's 512 + 2: ids start after the padding row (pad_token_id=1)
+    "tiny-roberta": dict(model_type="roberta", hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=258, vocab_size=16, pad_token_id=1,
+                         type_vocab_size=1),
     "tiny-llama": dict(model_type="llama", hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                        num_key_value_heads=1, intermediate_size=64, vocab_size=16, max_position_embeddings=256),
     "tiny-qwen2": dict(model_type="qwen2", hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                        num_key_value_heads=1, intermediate_size=64, vocab_size=16, max_position_embeddings=256),
+    "tiny-mistral": dict(model_type="mistral", hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=1, head_dim=16, intermediate_size=64, vocab_size=16,
+                         max_position_embeddings=256),
     "tiny-qwen3": dict(model_type="qwen3", hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                        num_key_value_heads=1, head_dim=16, intermediate_size=64, vocab_size=16,
                        max_position_embeddings=256),

@@ -7,15 +7,17 @@ norm) -> pooling (B, C) -> linear head (B, K). The interface follows timm:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config import bounds, choices, validate
 from ..errors import Lm2vError
 from .arch import ArchSpec
+from .freeze import GROUPS, TrainableSpec
 
 
 @dataclass
@@ -24,36 +26,25 @@ class ModelConfig:
 
     name: str = "minilm"  # alias (minilm, tiny-*), Hugging Face hub id, or local directory
     pretrained: bool = True  # False: same config, fresh init, the weights are never read
-    image_size: int = 32  # input side after preprocessing (32 native CIFAR; 224 as the paper)
-    patch_size: int = 4  # 4 at 32 px (64 tokens); 16 at 224 px (196 tokens)
-    positions: str = "auto"  # auto | model (reuse the LM's learned table) | learned (ours) | none
-    pooling: str = "auto"  # auto (last for causal, mean otherwise) | last | mean | first
-    attention: str = "auto"  # auto (as pretrained) | causal | bidirectional
-    attn_implementation: str = "sdpa"  # sdpa | eager (Hugging Face's own kernels)
-    dropout: float | None = None  # None keeps the model's own dropout rates
-    num_classes: int = 10
+    image_size: int = field(default=32, metadata=bounds(ge=1))  # after preprocessing (32 native CIFAR; 224 as the paper)
+    patch_size: int = field(default=4, metadata=bounds(ge=1))  # 4 at 32 px (64 tokens); 16 at 224 px (196 tokens)
+    # model: reuse the LM's learned table; learned: ours
+    positions: str = field(default="auto", metadata=choices("auto", "model", "learned", "none"))
+    pooling: str = field(default="auto", metadata=choices("auto", "last", "mean", "first"))  # auto: last if causal, else mean
+    attention: str = field(default="auto", metadata=choices("auto", "causal", "bidirectional"))  # auto: as pretrained
+    attn_implementation: str = field(default="sdpa", metadata=choices("sdpa", "eager"))  # eager: Hugging Face's own kernels
+    dropout: float | None = field(default=None, metadata=bounds(ge=0, lt=1))  # None keeps the model's own rates
+    num_classes: int = field(default=10, metadata=bounds(ge=1))
     gradient_checkpointing: bool = False
     init_seed: int = 0  # seeds the fresh parts (patch embedding, head, our positions, scratch blocks)
 
 
-_POSITIONS = ("auto", "model", "learned", "none")
-_POOLING = ("auto", "last", "mean", "first")
-_ATTENTION = ("auto", "causal", "bidirectional")
-
-
 def check_model_config(cfg: ModelConfig) -> None:
-    """Reject impossible settings with one line each."""
-    if cfg.image_size <= 0 or cfg.patch_size <= 0 or cfg.image_size % cfg.patch_size:
+    """Reject impossible settings with one line each: the declared choices and bounds (a config
+    built in Python skips ``load_config``), then the patch grid."""
+    validate(cfg, "model")
+    if cfg.image_size % cfg.patch_size:
         raise Lm2vError(f"image_size {cfg.image_size} is not divisible by patch_size {cfg.patch_size}")
-    for field, allowed in (("positions", _POSITIONS), ("pooling", _POOLING), ("attention", _ATTENTION)):
-        if getattr(cfg, field) not in allowed:
-            raise Lm2vError(f"model.{field} must be one of {allowed}, got {getattr(cfg, field)!r}")
-    if cfg.attn_implementation not in ("sdpa", "eager"):
-        raise Lm2vError(f"model.attn_implementation must be sdpa or eager, got {cfg.attn_implementation!r}")
-    if cfg.num_classes < 1:
-        raise Lm2vError(f"model.num_classes must be >= 1, got {cfg.num_classes}")
-    if cfg.dropout is not None and not 0.0 <= cfg.dropout < 1.0:
-        raise Lm2vError(f"model.dropout must be in [0, 1), got {cfg.dropout}")
 
 
 class PatchEmbed(nn.Module):
@@ -112,8 +103,10 @@ class VisionBackbone(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, self.width)) if self.positions == "learned" else None
         self.head = nn.Linear(self.width, cfg.num_classes)
         self.fixed_params: set[str] = self._disable_model_positions()
-        self.reset_patch_embed()
+        self._crop_model_positions()
+        self._init_patch_and_positions()
         self.reset_classifier(cfg.num_classes)
+        self.trainable_spec: TrainableSpec | None = None  # set by apply_trainable
         if cfg.gradient_checkpointing:
             enable_checkpointing(self.lm)
 
@@ -122,7 +115,7 @@ class VisionBackbone(nn.Module):
         if self.positions == "model" and self.spec.rotary:
             raise Lm2vError(f"{self.spec.family} uses rotary positions: model.positions must be none or learned")
         key = self.spec.max_positions_key
-        limit = getattr(self.lm.config, key) if key else None
+        limit = getattr(self.lm.config, key) - self.spec.first_position(self.lm.config) if key else None
         if self.positions == "model" and limit is not None and self.num_tokens > limit:
             raise Lm2vError(f"{self.num_tokens} patch tokens exceed the model's {limit} positions; use bigger patches")
 
@@ -145,24 +138,47 @@ class VisionBackbone(nn.Module):
             fixed.add(f"lm.{self.spec.pos_embed}.weight")
         return fixed
 
+    def _crop_model_positions(self) -> None:
+        """Keep only the rows of a reused position table that patch tokens read (nanoGPT's
+        ``crop_block_size``): the rest would be trained, decayed and saved for nothing."""
+        if self.positions != "model":
+            return
+        table = self.lm.get_submodule(self.spec.pos_embed)
+        rows = self.spec.first_position(self.lm.config) + self.num_tokens
+        table.weight = nn.Parameter(table.weight.detach()[:rows].clone(), requires_grad=table.weight.requires_grad)
+        table.num_embeddings = rows
+        setattr(self.lm.config, self.spec.max_positions_key, rows)  # so the config describes the table
+
     @torch.no_grad()
-    def reset_patch_embed(self) -> None:
-        """Fresh patch embedding (and our own positions), as stage 2 ``reinit`` does."""
+    def _init_patch_and_positions(self) -> None:
+        # Patch weight, then our position table, from one generator: the draws every saved run used.
         g = torch.Generator().manual_seed(self.cfg.init_seed)
-        w = self.patch_embed.proj.weight
-        w.copy_(torch.randn(w.shape, generator=g) * 0.02)
-        self.patch_embed.proj.bias.zero_()
+        self._draw_patch_embed(g)
         if self.pos_embed is not None:
             self.pos_embed.copy_(torch.randn(self.pos_embed.shape, generator=g) * 0.02)
 
     @torch.no_grad()
-    def reset_classifier(self, num_classes: int) -> None:
-        """A new linear head with ``num_classes`` outputs, init N(0, 0.02) as the paper."""
-        g = torch.Generator().manual_seed(self.cfg.init_seed + 1)
-        device = self.patch_embed.proj.weight.device
-        self.head = nn.Linear(self.width, num_classes).to(device)
-        self.head.weight.copy_(torch.randn(self.head.weight.shape, generator=g) * 0.02)
-        self.head.bias.zero_()
+    def _draw_patch_embed(self, g: torch.Generator) -> None:
+        w = self.patch_embed.proj.weight
+        w.copy_(torch.randn(w.shape, generator=g) * 0.02)
+        self.patch_embed.proj.bias.zero_()
+
+    def reset_patch_embed(self, seed: int | None = None) -> None:
+        """Re-draw the patch projection (weight N(0, 0.02), bias 0) from ``seed`` (default
+        ``init_seed``), as stage 2 ``reinit`` does. Our position table is left as it is."""
+        self._draw_patch_embed(torch.Generator().manual_seed(self.cfg.init_seed if seed is None else seed))
+
+    @torch.no_grad()
+    def reset_classifier(self, num_classes: int, seed: int | None = None) -> None:
+        """A new linear head with ``num_classes`` outputs, init N(0, 0.02) as the paper, drawn from
+        ``seed`` (default ``init_seed + 1``). It keeps the old head's dtype, device and train/eval mode."""
+        g = torch.Generator().manual_seed(self.cfg.init_seed + 1 if seed is None else seed)
+        old = self.head.weight
+        # Built on the CPU and moved, as before: the throwaway default init draws from the global CPU RNG.
+        head = nn.Linear(self.width, num_classes, dtype=old.dtype).to(old.device)
+        head.weight.copy_(torch.randn(head.weight.shape, generator=g) * 0.02)
+        head.bias.zero_()
+        self.head = head.train(self.head.training)
         self.cfg.num_classes = num_classes
 
     # -- the timm-style interface ---------------------------------------------------------
@@ -230,37 +246,55 @@ class VisionBackbone(nn.Module):
 
     # -- named groups for freezing and analyses -------------------------------------------
     def layer_groups(self) -> dict[str, list[str]]:
-        """Parameter names per group: patch, pos, norm, final_norm, attn, mlp, head, block.<i>.
+        """Parameter names per group: patch, pos, embed, norm, final_norm, attn, mlp, head, block.<i>.
 
-        ``norm`` is every norm; ``final_norm`` the norms outside the blocks (embedding norm, final norm).
-        Groups may overlap (a block's LayerNorm is in ``norm`` and in ``block.<i>``); position
-        tables that are switched off and the unused word table belong to no group.
+        ``embed`` holds the model's other additive input tables (BERT's token types); ``norm`` is every
+        norm; ``final_norm`` the norms outside the blocks (embedding norm, final norm). Within a block,
+        ``attn``, ``mlp`` and ``norm`` partition its parameters for every family: a norm is never
+        attention or MLP, wherever it sits (BERT's ``attention.output.LayerNorm``, Qwen3's ``q_norm``).
+        Groups overlap otherwise (a block's LayerNorm is in ``norm`` and in ``block.<i>``); position
+        tables that are switched off and the unused word table (``fixed_params``) belong to no group.
         """
-        groups: dict[str, list[str]] = {g: [] for g in ("patch", "pos", "norm", "final_norm", "attn", "mlp", "head")}
+        groups: dict[str, list[str]] = {g: [] for g in GROUPS}
         groups.update({f"block.{i}": [] for i in range(self.num_blocks)})
-        norm_names = self._norm_param_names()
-        prefix = f"lm.{self.spec.blocks}."
+        norms = self._norm_param_names()
         for name, _ in self.named_parameters():
-            if name in self.fixed_params:
-                continue
-            if name.startswith("patch_embed."):
-                groups["patch"].append(name)
-            elif name == "pos_embed" or (self.spec.pos_embed and name.startswith(f"lm.{self.spec.pos_embed}.")):
-                groups["pos"].append(name)
-            elif name.startswith("head."):
-                groups["head"].append(name)
-            if name in norm_names:
-                groups["norm"].append(name)
-                if not name.startswith(prefix):
-                    groups["final_norm"].append(name)
-            if name.startswith(prefix):
-                index, _, rest = name[len(prefix):].partition(".")
-                groups[f"block.{index}"].append(name)
-                if rest.startswith(self.spec.attn):
-                    groups["attn"].append(name)
-                elif rest.startswith(self.spec.mlp):
-                    groups["mlp"].append(name)
+            if name not in self.fixed_params:
+                for group in self._groups_of(name, name in norms):
+                    groups[group].append(name)
         return groups
+
+    def _groups_of(self, name: str, norm: bool) -> list[str]:
+        prefix = f"lm.{self.spec.blocks}."
+        if name.startswith(prefix):
+            index, _, rest = name[len(prefix):].partition(".")
+            if norm:  # checked first: BERT keeps LayerNorms under attention.output. and output.
+                return [f"block.{index}", "norm"]
+            if rest.startswith(self.spec.attn):
+                return [f"block.{index}", "attn"]
+            return [f"block.{index}"] + (["mlp"] if rest.startswith(self.spec.mlp) else [])
+        if norm:
+            return ["norm", "final_norm"]
+        if name.startswith("patch_embed."):
+            return ["patch"]
+        if name.startswith("head."):
+            return ["head"]
+        if name == "pos_embed" or name in self._model_tables(self.spec.pos_embed):
+            return ["pos"]
+        if name in self._model_tables(*self.spec.extra_embeds):
+            return ["embed"]
+        return []
+
+    def _model_tables(self, *paths: str | None) -> set[str]:
+        return {f"lm.{path}.weight" for path in paths if path}
+
+    def no_weight_decay(self) -> set[str]:
+        """Names kept out of weight decay (timm's hook, read by ``build_optimizer``): position tables
+        (ours and the model's), the other additive input tables, every norm parameter and every bias.
+        Decay would pull these towards zero, which for a table or a norm gain is not a smaller model."""
+        names = self._model_tables(self.spec.pos_embed, *self.spec.extra_embeds) | self._norm_param_names()
+        names |= {n for n, _ in self.named_parameters() if n == "pos_embed" or n.rpartition(".")[2] == "bias"}
+        return names
 
     def _norm_param_names(self) -> set[str]:
         names = set()

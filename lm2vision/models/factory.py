@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from transformers import AutoConfig, AutoModel, PretrainedConfig
 from transformers.utils import logging as hf_logging
 
 from ..errors import Lm2vError
-from .arch import TINY_CONFIGS, arch_for
+from .arch import TINY_CONFIGS, ArchSpec, arch_for
 from .backbone import ModelConfig, VisionBackbone, check_model_config
 
 DEFAULT_MODEL = "minilm"
@@ -58,17 +59,38 @@ def _apply_dropout(config: PretrainedConfig, keys: tuple[str, ...], rate: float 
 
 
 def _build_lm(cfg: ModelConfig, config: PretrainedConfig) -> torch.nn.Module:
-    kw = dict(attn_implementation=cfg.attn_implementation, **dict(arch_for(config.model_type).model_kwargs))
+    spec = arch_for(config.model_type)
+    kw = dict(attn_implementation=cfg.attn_implementation, **dict(spec.model_kwargs))
     if not cfg.pretrained:
         torch.manual_seed(cfg.init_seed)
         return AutoModel.from_config(config, dtype=torch.float32, **kw)  # not the config's dtype (fp16 copies)
     if cfg.name in TINY_CONFIGS:
         raise Lm2vError(f"{cfg.name} is an in-memory test config with no weights: set model.pretrained=false")
     try:
-        with _quiet_transformers():  # the unused pooler / word table are expected "unexpected" keys
-            return AutoModel.from_pretrained(resolve_source(cfg.name), config=config, dtype=torch.float32, **kw)
+        with _quiet_transformers():  # the report is checked below instead of printed
+            lm, info = AutoModel.from_pretrained(resolve_source(cfg.name), config=config, dtype=torch.float32,
+                                                 output_loading_info=True, **kw)
     except (OSError, ValueError) as e:
         raise Lm2vError(f"cannot load weights of {cfg.name!r}: {str(e).splitlines()[0]}") from None
+    check_loading_info(cfg.name, spec, info)
+    return lm
+
+
+def check_loading_info(name: str, spec: ArchSpec, info: dict) -> None:
+    """Every weight of the checkpoint and of the model is accounted for (nanoGPT's ``from_pretrained``):
+    a missing or mis-shaped weight, or an unexpected one that ``spec.unused_weights`` does not name
+    (the pooler, an LM head), is a one-line error instead of a warning and a silent random init."""
+    unused = re.compile("|".join(spec.unused_weights)) if spec.unused_weights else None
+    problems = (
+        ("lacks", info.get("missing_keys", ())),
+        ("has wrong shapes for", [k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", ())]),
+        ("has unexpected", [k for k in info.get("unexpected_keys", ()) if not (unused and unused.search(k))]),
+    )
+    for what, keys in problems:
+        if keys:
+            keys = sorted(keys)
+            more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
+            raise Lm2vError(f"checkpoint of {name!r} {what} {len(keys)} weight(s): {', '.join(keys[:3])}{more}")
 
 
 @contextmanager

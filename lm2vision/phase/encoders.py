@@ -1,4 +1,5 @@
-"""The two sides of a pair as embedding networks: batch -> (B, O), ready for the NTK and AGOP.
+"""The two sides of a pair as embedding networks: batch -> (B, O), ready for the NTK and AGOP
+(loading and tokenising the sides: :mod:`.sides`).
 
 Model output for the NTK (a documented choice): the pooled embedding, mapped by a fixed random
 projection P (C, O) with entries N(0, 1/C) when ``out_dim`` is set (keeps the kernel cheap; the
@@ -12,17 +13,10 @@ used by the alignment score.
 """
 from __future__ import annotations
 
-import copy
-import os
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Sequence
-
 import torch
 import torch.nn as nn
 
-from ..errors import Lm2vError
-from ..models import ModelConfig, TINY_CONFIGS, VisionBackbone, create_backbone, load_lm_config
+from ..models import VisionBackbone
 from ..models.arch import ARCH
 
 
@@ -114,106 +108,3 @@ class TextEmbedder(nn.Module):
         table = {id(p) for p in self.model.get_input_embeddings().parameters()}
         return [n for n, p in self.named_parameters() if p.requires_grad and not n.startswith("model.pooler.")
                 and (self.token_embeddings or id(p) not in table)]
-
-
-# -- tokenisation --------------------------------------------------------------------------------
-class ByteTokenizer:
-    """A trivial tokenizer for in-memory test models: UTF-8 bytes folded into ``vocab_size - 1`` ids."""
-
-    def __init__(self, vocab_size: int):
-        self.vocab_size = vocab_size
-
-    def __call__(self, text: str) -> list[int]:
-        return [1 + b % (self.vocab_size - 1) for b in text.encode()]
-
-
-def tokenize(tokenizer, texts: Sequence[str], max_length: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """Texts -> ids (N, T) and mask (N, T), right-padded with id 0 (masked out everywhere)."""
-    rows = []
-    for t in texts:
-        ids = tokenizer(t) if isinstance(tokenizer, ByteTokenizer) else tokenizer(t)["input_ids"]
-        rows.append(list(ids)[:max_length])
-    T = max(len(r) for r in rows)
-    ids = torch.zeros(len(rows), T, dtype=torch.long)
-    mask = torch.zeros(len(rows), T, dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)] = torch.tensor(r)
-        mask[i, :len(r)] = 1
-    return ids, mask
-
-
-# -- loading -------------------------------------------------------------------------------------
-@dataclass
-class Side:
-    """One model of a pair: its embedder now, at initialisation, and how to feed it."""
-
-    name: str
-    now: nn.Module
-    init: nn.Module
-    image_size: int | None = None  # vision only
-    patch_size: int | None = None  # vision only
-    tokenizer: object | None = None  # language only
-
-
-def is_run_dir(spec: str) -> bool:
-    return os.path.isdir(spec) and os.path.isfile(os.path.join(spec, "config.yaml"))
-
-
-def load_vision(spec: str, image_size: int = 32, patch_size: int = 4, out_dim: int | None = 8, seed: int = 0) -> Side:
-    """A vision side from an lm2vision run directory (now = final weights, init = ``init.safetensors``)
-    or a backbone name for ``create_backbone`` (now = pretrained, init = same architecture, fresh)."""
-    if is_run_dir(spec):
-        from ..train.runs import load_run_model
-
-        now, cfg = load_run_model(spec)
-        init, _ = load_run_model(spec, weights="init.safetensors")
-        image_size, patch_size = cfg.model.image_size, cfg.model.patch_size
-    else:
-        cfg = ModelConfig(name=spec, pretrained=spec not in TINY_CONFIGS, image_size=image_size, patch_size=patch_size)
-        now = create_backbone(cfg)
-        init = create_backbone(ModelConfig(**{**cfg.__dict__, "pretrained": False}))
-    wrap = lambda b: VisionEmbedder(b, out_dim, seed).eval()  # noqa: E731
-    return Side(spec, wrap(now), wrap(init), image_size=image_size, patch_size=patch_size)
-
-
-def _text_source(spec: str) -> str:
-    if spec == "minilm":
-        from ..models import embedded_minilm_path
-
-        return str(embedded_minilm_path())
-    return spec
-
-
-def _load_text_model(spec: str):
-    """(model, tokenizer) of a tiny alias (fresh init, byte tokenizer), 'minilm', a path or a hub id."""
-    from transformers import AutoModel, AutoTokenizer
-
-    if spec in TINY_CONFIGS:
-        config = load_lm_config(spec)
-        torch.manual_seed(0)
-        return AutoModel.from_config(config), ByteTokenizer(config.vocab_size)
-    source = _text_source(spec)
-    try:
-        model = AutoModel.from_pretrained(source, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError) as e:
-        hint = " (offline? give a local directory)" if not Path(source).exists() else ""
-        raise Lm2vError(f"cannot load language model {spec!r}{hint}: {str(e).splitlines()[0]}") from None
-    return model, tokenizer
-
-
-def text_side(name: str, model: nn.Module, tokenizer, out_dim: int | None = 8, seed: int = 0,
-              token_embeddings: bool = False) -> Side:
-    """A language side from an in-memory model: init = the same config freshly initialised (seed 0)."""
-    from transformers import AutoModel
-
-    torch.manual_seed(0)
-    init = AutoModel.from_config(copy.deepcopy(model.config))
-    wrap = lambda m: TextEmbedder(m, out_dim, seed, token_embeddings).eval()  # noqa: E731
-    return Side(name, wrap(model), wrap(init), tokenizer=tokenizer)
-
-
-def load_language(spec: str, out_dim: int | None = 8, seed: int = 0, token_embeddings: bool = False) -> Side:
-    """A language side by hub id, local path, 'minilm' (offline) or a tiny alias."""
-    model, tokenizer = _load_text_model(spec)
-    return text_side(spec, model, tokenizer, out_dim, seed, token_embeddings)

@@ -26,7 +26,7 @@ method evaluates each sample on its own under ``vmap``.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import torch
@@ -34,6 +34,7 @@ import torch.nn as nn
 from torch.func import functional_call, jacrev, jvp, vmap
 from torch.utils._pytree import tree_flatten, tree_map
 
+from ..config import bounds, choices, validate
 from ..errors import Lm2vError
 
 METHODS = ("auto", "jacobian", "vjp", "projection")
@@ -59,23 +60,13 @@ class NTKConfig:
     seed: seeds the count-sketch (same seed = same projection, so kernels of two checkpoints compare).
     """
 
-    method: str = "auto"
-    contraction: str = "trace"
-    chunk: int = 0
-    proj_dim: int = 4096
-    memory_budget: float = 2e9
-    vjp_max_work: float = 1e9
+    method: str = field(default="auto", metadata=choices(*METHODS))
+    contraction: str = field(default="trace", metadata=choices(*CONTRACTIONS))
+    chunk: int = field(default=0, metadata=bounds(ge=0))
+    proj_dim: int = field(default=4096, metadata=bounds(ge=1))
+    memory_budget: float = field(default=2e9, metadata=bounds(gt=0))
+    vjp_max_work: float = field(default=1e9, metadata=bounds(ge=0))
     seed: int = 0
-
-
-def check_ntk_config(cfg: NTKConfig) -> None:
-    """Reject unknown methods or contractions and non-positive sizes with one line each."""
-    if cfg.method not in METHODS:
-        raise Lm2vError(f"ntk method must be one of {METHODS}, got {cfg.method!r}")
-    if cfg.contraction not in CONTRACTIONS:
-        raise Lm2vError(f"ntk contraction must be one of {CONTRACTIONS}, got {cfg.contraction!r}")
-    if cfg.proj_dim < 1 or cfg.chunk < 0 or cfg.memory_budget <= 0:
-        raise Lm2vError("ntk proj_dim must be >= 1, chunk >= 0 and memory_budget > 0")
 
 
 # -- functional view of a module ------------------------------------------------------------------
@@ -267,7 +258,7 @@ def empirical_ntk_fn(f: SampleFn, params: Params, x1: Any, x2: Any = None,
                      cfg: NTKConfig | None = None) -> torch.Tensor:
     """Empirical NTK of a per-sample function between ``x1`` (N samples) and ``x2`` (M; default x1)."""
     cfg = cfg or NTKConfig()
-    check_ntk_config(cfg)
+    validate(cfg, "ntk")  # also for configs built in Python (the phase controller's)
     P, O = _num_params(params), _out_dim(f, params, x1)
     n1 = num_samples(x1)
     n2 = n1 if x2 is None else num_samples(x2)

@@ -20,13 +20,15 @@ from typing import Any, List, Optional
 import torch
 from tqdm import tqdm
 
+from ..config import bounds, choices, validate
 from ..data import DataConfig, ImageSet, cap_per_class, load_imageset_splits, preprocess_eval
 from ..errors import Lm2vError
 from ..utils.device import resolve_device
+from ..utils.tables import markdown_table
 from .agop import Spectrum, agop, layer_agops, spectrum
-from .alignment import alignment_score
-from .encoders import Side, load_language, load_vision, tokenize
-from .ntk import NTKConfig, check_ntk_config, choose_method, empirical_ntk, num_samples
+from .alignment import METHODS as ALIGN_METHODS, alignment_score
+from .ntk import NTKConfig, choose_method, empirical_ntk, num_samples
+from .sides import Side, load_language, load_vision, tokenize
 from .similarity import kernel_similarity, phase_label
 
 
@@ -46,21 +48,21 @@ class ScreenConfig:
     vision: List[str] = field(default_factory=lambda: ["minilm"])
     language: List[str] = field(default_factory=lambda: ["minilm"])
     data: DataConfig = field(default_factory=DataConfig)
-    split: str = "test"
+    split: str = field(default="test", metadata=choices("train", "val", "test"))
     samples: int = 576
-    ntk_samples: int = 64
-    agop_samples: int = 64
-    out_dim: Optional[int] = 8
+    ntk_samples: int = field(default=64, metadata=bounds(ge=2))
+    agop_samples: int = field(default=64, metadata=bounds(ge=1))
+    out_dim: Optional[int] = field(default=8, metadata=bounds(ge=1))  # null: the full embedding
     image_size: int = 32
     patch_size: int = 4
     template: str = "a photo of a {}"
     token_embeddings: bool = False  # language NTK over the token table too (costly, see TextEmbedder)
     ntk: NTKConfig = field(default_factory=NTKConfig)
-    agop_rel_tol: float = 1e-6
-    align_method: str = "ridge"
-    align_test_fraction: float = 0.5
-    ridge: float = 1.0
-    batch_size: int = 64
+    agop_rel_tol: float = field(default=1e-6, metadata=bounds(ge=0))
+    align_method: str = field(default="ridge", metadata=choices(*ALIGN_METHODS))
+    align_test_fraction: float = field(default=0.5, metadata=bounds(gt=0, lt=1))
+    ridge: float = field(default=1.0, metadata=bounds(ge=0))
+    batch_size: int = field(default=64, metadata=bounds(ge=1))
     seed: int = 0
     device: str = "auto"
 
@@ -84,18 +86,14 @@ class ModelPhase:
 
 
 def check_screen_config(cfg: ScreenConfig) -> None:
-    """One-line errors for settings that cannot run."""
+    """One-line errors for settings that cannot run: the declared choices and bounds
+    (:func:`lm2vision.config.validate`), then the rules that tie fields together."""
+    validate(cfg)
     if not cfg.vision or not cfg.language:
         raise Lm2vError("give at least one vision and one language model")
-    if cfg.split not in ("train", "val", "test"):
-        raise Lm2vError(f"split must be train, val or test, got {cfg.split!r}")
-    if not 2 <= cfg.ntk_samples <= cfg.samples or not 1 <= cfg.agop_samples <= cfg.samples:
-        raise Lm2vError("need 2 <= ntk_samples <= samples and 1 <= agop_samples <= samples")
-    if cfg.out_dim is not None and cfg.out_dim < 1:
-        raise Lm2vError(f"out_dim must be >= 1 or null, got {cfg.out_dim}")
-    check_ntk_config(cfg.ntk)
-    if cfg.align_method not in ("ridge", "cca"):
-        raise Lm2vError(f"align_method must be ridge or cca, got {cfg.align_method!r}")
+    if cfg.ntk_samples > cfg.samples or cfg.agop_samples > cfg.samples:
+        raise Lm2vError(f"ntk_samples and agop_samples must be <= samples ({cfg.samples}), "
+                        f"got {cfg.ntk_samples} and {cfg.agop_samples}")
     if "{}" not in cfg.template:
         raise Lm2vError(f"template must contain {{}} for the class name, got {cfg.template!r}")
 
@@ -254,16 +252,9 @@ COLUMNS = ["vision", "language", "S_v", "phase_v", "S_l", "phase_l", "S_cross", 
            "agop_ratio_v", "agop_ratio_l", "align_top1", "align_chance"]
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.3e}" if v != 0 and (abs(v) >= 1e4 or abs(v) < 1e-3) else f"{v:.3f}"
-    return str(v)
-
-
 def to_markdown(rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_fmt(r[c]) for c in COLUMNS) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+    """The screening table in Markdown, one line per pair."""
+    return markdown_table(rows, COLUMNS) + "\n"
 
 
 def to_csv(rows: list[dict]) -> str:

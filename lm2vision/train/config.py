@@ -9,18 +9,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from ..config import bounds, choices, validate
 from ..data.config import DataConfig
 from ..errors import Lm2vError
 from ..models import ModelConfig, TrainableSpec
-from ..phase.controller import PhaseConfig
 
 
 @dataclass
 class LabelConfig:
     """Random labels for stage 1: a share ``ratio`` of training images gets a new label."""
 
-    ratio: float = 0.0  # in [0, 1]; the paper uses {0, 0.15, 0.3, 1}
-    scheme: str = "wrong"  # wrong (never the true class, as the authors) | uniform
+    ratio: float = field(default=0.0, metadata=bounds(ge=0, le=1))  # the paper uses {0, 0.15, 0.3, 1}
+    scheme: str = field(default="wrong", metadata=choices("wrong", "uniform"))  # wrong: never the true class (the authors)
     seed: int = 0
 
 
@@ -28,23 +28,25 @@ class LabelConfig:
 class OptimConfig:
     """AdamW + linear warmup + cosine, as the paper's recipe (lr = blr * batch / 256)."""
 
-    epochs: int = 10
-    batch_size: int = 64  # global batch, split across processes
+    epochs: int = field(default=10, metadata=bounds(ge=1))
+    batch_size: int = field(default=64, metadata=bounds(ge=1))  # global batch, split across processes
+    accum_steps: int = field(default=1, metadata=bounds(ge=1))  # micro-batches of batch_size / accum_steps per step (big batch, small GPU)
     blr: float = 1e-3
     lr: Optional[float] = None  # absolute lr; overrides blr
-    weight_decay: float = 0.05  # only on trainable tensors with dim >= 2
+    weight_decay: float = field(default=0.05, metadata=bounds(ge=0))  # only on trainable tensors with dim >= 2
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    warmup_epochs: float = 1.0
+    warmup_epochs: float = field(default=1.0, metadata=bounds(ge=0))
     min_lr: float = 1e-6
-    label_smoothing: float = 0.1
-    grad_clip: float = 1.0  # 0 disables
+    label_smoothing: float = field(default=0.1, metadata=bounds(ge=0, lt=1))
+    grad_clip: float = field(default=1.0, metadata=bounds(ge=0))  # 0 disables
 
 
 @dataclass
 class ProbeConfig:
     """Stage 2 on real labels."""
 
-    mode: str = "reinit"  # reinit (paper) | linear (probe on frozen features) | finetune (all)
+    # reinit (paper) | linear (probe on frozen features) | finetune (all); keys of PROBE_TRAINABLE
+    mode: str = field(default="reinit", metadata=choices("reinit", "linear", "finetune"))
     linear_lrs: List[float] = field(default_factory=lambda: [1e-3, 3e-3, 1e-2, 3e-2])
     linear_epochs: int = 100  # epochs over cached features (cheap)
     linear_weight_decay: float = 1e-4
@@ -56,21 +58,39 @@ class RuntimeConfig:
 
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp16 | off
+    amp: str = field(default="auto", metadata=choices("auto", "bf16", "fp16", "off"))  # auto: bf16 on GPU, fp32 on CPU
     sdpa: str = "auto"  # auto (PyTorch's order) or the allowed SDPA backends, e.g. "flash,efficient,math"
     compile: bool = False
-    eval_batch_size: int = 256
-    distributed: str = "ddp"  # ddp | fsdp: the wrapper used when launched by torchrun
+    eval_batch_size: int = field(default=256, metadata=bounds(ge=1))
+    distributed: str = field(default="ddp", metadata=choices("ddp", "fsdp"))  # the wrapper used under torchrun
     stop_after: Optional[int] = None  # stop after this many epochs in this invocation (then --resume)
     progress: bool = True
     tensorboard: bool = True
 
 
 @dataclass
+class PhaseConfig:
+    """Phase-aware stage 1 (seed 2), run by ``lm2vision.train.phase_hooks.PhaseController``.
+
+    adaptive_lr: scale the learning rate by S(t) (eta(t) = eta_0 * S(t)).
+    every: re-measure S(t) every this many steps.
+    probe_size: images of the fixed probe batch.
+    penalty: lambda of lambda * |S_v - S_l| (0 = off).
+    target: S_l, the language model's stability the penalty pulls towards (needed when penalty > 0).
+    """
+
+    adaptive_lr: bool = False
+    every: int = field(default=50, metadata=bounds(ge=1))
+    probe_size: int = field(default=32, metadata=bounds(ge=2))
+    penalty: float = field(default=0.0, metadata=bounds(ge=0))
+    target: Optional[float] = field(default=None, metadata=bounds(ge=0, le=1))
+
+
+@dataclass
 class RunConfig:
     """One stage: what to build, on which data, what trains, how."""
 
-    stage: str = "bridge"  # bridge | probe | train
+    stage: str = field(default="bridge", metadata=choices("bridge", "probe", "train"))  # keys of STAGE_PRESETS
     init: Optional[str] = None  # run directory whose final weights start this stage
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -89,10 +109,13 @@ STAGE_PRESETS: dict[str, list[str]] = {
     "train": ["stage=train", "labels.ratio=0.0", "trainable.blocks=all"],
 }
 
+# Stage 2's default ``trainable`` per ``probe.mode`` (the user's ``trainable.*`` is applied on top and
+# checked against the mode): reinit trains the re-drawn patch embedding and head on the frozen
+# backbone (the paper's stage 2); linear fits heads on frozen features; finetune trains everything.
 PROBE_TRAINABLE = {
     "reinit": TrainableSpec(blocks="none", groups=["patch", "head"]),
     "linear": TrainableSpec(blocks="none", groups=["head"]),
-    "finetune": TrainableSpec(blocks="all", groups=["patch", "pos", "final_norm", "head"]),
+    "finetune": TrainableSpec(blocks="all"),
 }
 
 
@@ -109,30 +132,14 @@ def sdpa_backends(text: str) -> tuple[str, ...] | None:
     return names
 
 
-def check_runtime(cfg: RuntimeConfig) -> None:
-    """``runtime`` settings of any command: amp is auto, bf16, fp16 or off; sdpa names real backends."""
-    if cfg.amp not in ("auto", "bf16", "fp16", "off"):
-        raise Lm2vError(f"runtime.amp must be auto, bf16, fp16 or off, got {cfg.amp!r}")
-    sdpa_backends(cfg.sdpa)
-
-
 def check_run_config(cfg: RunConfig) -> None:
-    """One-line errors for settings that cannot run."""
-    if cfg.stage not in STAGE_PRESETS:
-        raise Lm2vError(f"stage must be one of {list(STAGE_PRESETS)}, got {cfg.stage!r}")
-    if not 0.0 <= cfg.labels.ratio <= 1.0:
-        raise Lm2vError(f"labels.ratio must be in [0, 1], got {cfg.labels.ratio}")
-    if cfg.labels.scheme not in ("wrong", "uniform"):
-        raise Lm2vError(f"labels.scheme must be wrong or uniform, got {cfg.labels.scheme!r}")
+    """One-line errors for settings that cannot run: the declared choices and bounds
+    (:func:`lm2vision.config.validate`), then the rules that tie fields together."""
+    validate(cfg)
     if cfg.stage != "bridge" and cfg.labels.ratio > 0:
         raise Lm2vError(f"random labels belong to stage 1 (lm2v bridge); {cfg.stage} uses the real labels")
-    if cfg.probe.mode not in PROBE_TRAINABLE:
-        raise Lm2vError(f"probe.mode must be one of {list(PROBE_TRAINABLE)}, got {cfg.probe.mode!r}")
-    o = cfg.optim
-    if o.epochs < 1 or o.batch_size < 1:
-        raise Lm2vError(f"optim.epochs and optim.batch_size must be >= 1, got {o.epochs} and {o.batch_size}")
-    check_runtime(cfg.runtime)
+    sdpa_backends(cfg.runtime.sdpa)  # a comma list: parsed, not declared
     if (cfg.phase.adaptive_lr or cfg.phase.penalty > 0) and cfg.stage != "bridge":
         raise Lm2vError("phase-aware training (phase.adaptive_lr, phase.penalty) belongs to stage 1 (lm2v bridge)")
-    if cfg.runtime.distributed not in ("ddp", "fsdp"):
-        raise Lm2vError(f"runtime.distributed must be ddp or fsdp, got {cfg.runtime.distributed!r}")
+    if cfg.phase.penalty > 0 and cfg.phase.target is None:
+        raise Lm2vError("phase.penalty > 0 needs phase.target (S_l, the language side's stability)")

@@ -54,7 +54,7 @@ class Runtime:
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of ``runtime.amp`` (checked by ``check_runtime``): auto = bf16 on CUDA, none elsewhere."""
+    """The autocast dtype of ``runtime.amp`` (one of its declared choices): auto = bf16 on CUDA, none elsewhere."""
     if amp == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
@@ -107,8 +107,18 @@ def wrap_model(model: nn.Module, rt: Runtime, mode: str) -> nn.Module:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The backbone inside a DDP wrapper (FSDP2 modifies the module in place)."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    """The model inside its wrappers, in any nesting (compile of DDP, DDP of compiled): DDP keeps it
+    in ``.module``, ``torch.compile`` in ``._orig_mod``; FSDP2 shards the module in place, so there
+    is nothing to unwrap. Parameter names of the result carry no wrapper prefix."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            # torch.compile's OptimizedModule, recognised by its attribute: isinstance would import
+            # torch._dynamo (2.5 s) into every command that never compiles
+            model = model._orig_mod
+        else:
+            return model
 
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -1,10 +1,14 @@
-"""The classification training loop: data on the device once, augmentation on the device, no host
-sync inside an epoch, every random draw a pure function of (seed, epoch) so resumes are exact."""
+"""One training epoch of any task (:func:`train_epoch`: micro-batches, gradient accumulation, amp,
+clipping), and classification's data path: data on the device once, augmentation on the device, no
+host sync inside an epoch, every random draw a pure function of (seed, epoch) so resumes are exact.
+
+The run around the epochs (checkpoints, resume, evaluation) is :func:`lm2vision.train.trainer.fit`."""
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -13,11 +17,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data import DataConfig, ImageSet, apply_crop_params, epoch_batches, eval_batches, eval_transform
+from ..data.loader import num_batches
 from ..data.transforms import sample_crop_params
 from ..errors import Lm2vError
 from .config import OptimConfig
 from .distributed import Runtime
-from .optim import base_lr, lr_at, set_lr
+from .optim import base_lr, lr_at, micro_batch_size, set_lr
 
 
 @dataclass
@@ -89,44 +94,124 @@ def epoch_plan(n: int, epoch: int, seed: int, batch_size: int, dcfg: DataConfig,
     return order.to(rt.device), params
 
 
+@dataclass
+class ClassificationSteps:
+    """The training steps of image classification on a :class:`DeviceSet`: which micro-batches an
+    epoch has, and the loss of one. Batches and crops come from :func:`epoch_plan`, so they are the
+    same for any number of processes and micro-batches."""
+
+    data: DeviceSet
+    dcfg: DataConfig
+    image_size: int
+    seed: int
+    batch_size: int  # global, per optimizer step
+    label_smoothing: float
+    rt: Runtime
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return num_batches(len(self.data), self.batch_size)
+
+    def batches(self, epoch: int, accum: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's micro-batches ``(x (m, 3, S, S) float, y (m,))``: each step's slice of the global
+        batch cut into ``accum`` contiguous parts, augmented on the device."""
+        aspect = self.data.images.shape[-1] / self.data.images.shape[-2]
+        order, params = epoch_plan(len(self.data), epoch, self.seed, self.batch_size, self.dcfg, aspect, self.rt)
+        steps, local = order.shape
+        order = order.reshape(steps * accum, local // accum)  # (micro-batches, m)
+        params = None if params is None else params.reshape(steps * accum, local // accum, 5)
+        for i in range(order.shape[0]):
+            images, y = self.data.images[order[i]], self.data.labels[order[i]]  # (m, 3, H, W) uint8, (m,)
+            if params is None:
+                yield eval_transform(images, self.image_size, self.dcfg), y
+            else:
+                yield apply_crop_params(images, params[i], self.image_size, self.dcfg), y
+
+    def loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Smoothed cross-entropy, and the sums (loss * m, correct, m) of the epoch's statistics."""
+        x, y = batch
+        logits = model(x)  # (m, K)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
+        m = logits.new_full((), len(y), dtype=torch.float32)  # a fill on the device: no host copy
+        return loss, torch.stack([loss.detach() * len(y), (logits.argmax(-1) == y).sum().float(), m])
+
+    def train_metrics(self, sums: list[float]) -> dict:
+        loss_sum, correct, n = sums
+        n = max(n, 1.0)
+        return {"train_loss": loss_sum / n, "train_acc": correct / n}
+
+
+def _grad_sync(net: nn.Module, on: bool):
+    """DDP all-reduces gradients on every backward; while accumulating, only the last micro-batch's
+    backward should (FSDP2 has no ``no_sync``: it reduce-scatters each micro-batch, same result)."""
+    no_sync = getattr(net, "no_sync", None)
+    return nullcontext() if on or no_sync is None else no_sync()
+
+
+def train_epoch(task, epoch: int, net: nn.Module, optimizer: torch.optim.Optimizer, sched: Schedule,
+                ocfg: OptimConfig, seed: int, rt: Runtime, forward: nn.Module | None = None,
+                scaler: torch.amp.GradScaler | None = None,
+                extra_loss: Callable[[nn.Module, int], torch.Tensor | None] | None = None,
+                lr_scale: Callable[[int], float] | None = None, progress: bool = True) -> dict:
+    """One epoch of any task (see :class:`lm2vision.train.tasks.Task`); returns ``task.train_metrics``
+    of its statistics summed over micro-batches and ranks (one sync at the end) and the lr.
+
+    Each optimizer step runs ``ocfg.accum_steps`` micro-batches, each loss scaled by 1/accum_steps, so
+    the update is that of the whole global batch. ``forward`` (default ``net``; e.g. its compiled
+    version) runs the model; ``net`` is the DDP wrapper whose gradient sync waits for the last
+    micro-batch. ``lr_scale(step)`` multiplies the scheduled lr and ``extra_loss(model, step)`` adds a
+    term to the loss once per step (phase-aware training uses both). ``scaler``: fp16's GradScaler.
+    """
+    forward = forward if forward is not None else net
+    forward.train()
+    torch.manual_seed(epoch_seed(seed, epoch) + rt.rank)  # dropout
+    micro_batch_size(ocfg, rt.world_size)  # one-line error if the batch does not split evenly
+    A, steps = ocfg.accum_steps, task.steps_per_epoch
+    micro = iter(task.batches(epoch, A))
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    sums = None
+    for it in tqdm(range(steps), desc=f"epoch {epoch + 1}", leave=False, disable=not progress):
+        step = epoch * steps + it
+        set_lr(optimizer, sched(step) * (lr_scale(step) if lr_scale else 1.0))
+        for k in range(A):
+            with _grad_sync(net, k == A - 1):
+                with rt.autocast():
+                    loss, stats = task.loss(forward, next(micro))
+                # outside autocast: the phase penalty compares two kernels, and a bf16 kernel is not
+                # similar to its own fp32 reference (S(0) != 1 would put a spurious gradient on every step)
+                penalty = extra_loss(forward, step) if extra_loss and k == A - 1 else None
+                total = loss / A if A > 1 else loss
+                total = total + penalty if penalty is not None else total
+                (scaler.scale(total) if scaler is not None else total).backward()
+            sums = stats.detach() if sums is None else sums + stats.detach()
+        _optimizer_step(optimizer, trainable, ocfg.grad_clip, scaler)
+    totals = rt.all_reduce_sum(sums).tolist()  # one reduction, one sync
+    return {**task.train_metrics(totals), "lr": sched(epoch * steps + steps - 1)}
+
+
+def _optimizer_step(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], clip: float,
+                    scaler: torch.amp.GradScaler | None) -> None:
+    if scaler is not None:
+        scaler.unscale_(optimizer)  # clip the true gradients; a no-op when the scaler is disabled
+    if clip > 0:
+        nn.utils.clip_grad_norm_(params, clip)
+    if scaler is not None:
+        scaler.step(optimizer)  # skips the step when a gradient is inf/NaN (fp16 overflow)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: DeviceSet, epoch: int,
                     sched: Schedule, ocfg: OptimConfig, dcfg: DataConfig, image_size: int, seed: int,
                     rt: Runtime, extra_loss: Callable[[nn.Module, int], torch.Tensor | None] | None = None,
                     lr_scale: Callable[[int], float] | None = None, progress: bool = True) -> dict:
-    """One epoch over ``data``; returns mean loss/accuracy over all ranks (one sync at the end).
-
-    ``lr_scale(step)`` multiplies the scheduled lr and ``extra_loss(model, step)`` adds a term to
-    the loss (phase-aware training uses both).
-    """
-    model.train()
-    torch.manual_seed(epoch_seed(seed, epoch) + rt.rank)  # dropout
-    aspect = data.images.shape[-1] / data.images.shape[-2]
-    order, params = epoch_plan(len(data), epoch, seed, ocfg.batch_size, dcfg, aspect, rt)
-    steps = order.shape[0]
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    sums = torch.zeros(2, device=rt.device)  # sum of loss * b, correct
-    for it in tqdm(range(steps), desc=f"epoch {epoch + 1}", leave=False, disable=not progress):
-        step = epoch * steps + it
-        images, y = data.images[order[it]], data.labels[order[it]]  # (b, 3, H, W) uint8, (b,)
-        if params is None:
-            x = eval_transform(images, image_size, dcfg)
-        else:
-            x = apply_crop_params(images, params[it], image_size, dcfg)  # (b, 3, S, S)
-        set_lr(optimizer, sched(step) * (lr_scale(step) if lr_scale else 1.0))
-        with rt.autocast():
-            logits = model(x)  # (b, K)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=ocfg.label_smoothing)
-            penalty = extra_loss(model, step) if extra_loss else None
-        (loss + penalty if penalty is not None else loss).backward()
-        if ocfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(trainable, ocfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        sums += torch.stack([loss.detach() * len(y), (logits.argmax(-1) == y).sum().float()])
-    count = torch.tensor([float(order.numel())], device=rt.device)  # this rank's images
-    loss_sum, correct, n = rt.all_reduce_sum(torch.cat([sums, count])).tolist()  # one reduction, one sync
-    n = max(n, 1.0)
-    return {"train_loss": loss_sum / n, "train_acc": correct / n, "lr": sched(epoch * steps + steps - 1)}
+    """One classification epoch over ``data`` (:func:`train_epoch` with :class:`ClassificationSteps`):
+    mean loss/accuracy over all ranks and the lr."""
+    steps = ClassificationSteps(data, dcfg, image_size, seed, ocfg.batch_size, ocfg.label_smoothing, rt)
+    return train_epoch(steps, epoch, model, optimizer, sched, ocfg, seed, rt, extra_loss=extra_loss,
+                       lr_scale=lr_scale, progress=progress)
 
 
 @torch.no_grad()
@@ -136,28 +221,39 @@ def evaluate(model: nn.Module, data: DeviceSet, image_size: int, dcfg: DataConfi
     model.eval()
     sums = torch.zeros(3, device=rt.device)
     for idx in eval_batches(len(data), batch_size * rt.world_size, rt.rank, rt.world_size):
-        if len(idx) == 0:
-            continue
-        idx = idx.to(data.images.device)
+        # Every rank runs every forward, even on an empty slice: under FSDP a forward is a collective,
+        # and a rank that skipped one would hang the others. An empty slice runs image 0 and counts 0.
+        weight = 1.0 if len(idx) else 0.0
+        idx = (idx if len(idx) else torch.zeros(1, dtype=torch.long)).to(data.images.device)
         x = eval_transform(data.images[idx], image_size, dcfg)
         y = data.labels[idx]
         with rt.autocast():
             logits = model(x).float()
-        sums += torch.stack([F.cross_entropy(logits, y, reduction="sum"), (logits.argmax(-1) == y).sum().float(),
-                             torch.tensor(float(len(y)), device=rt.device)])
+        sums += weight * torch.stack([F.cross_entropy(logits, y, reduction="sum"),
+                                      (logits.argmax(-1) == y).sum().float(),
+                                      torch.tensor(float(len(y)), device=rt.device)])
     total = rt.all_reduce_sum(sums).tolist()
     return {"loss": total[0] / max(total[2], 1), "acc": total[1] / max(total[2], 1)}
 
 
-@torch.no_grad()
-def extract_features(model: nn.Module, data: DeviceSet, image_size: int, dcfg: DataConfig, rt: Runtime,
-                     batch_size: int = 256, progress: bool = False, desc: str = "features") -> torch.Tensor:
-    """Pooled features (N, C) of every image, in order, in float32 (one forward pass)."""
+@torch.no_grad()  # not inference_mode: stage 2 trains heads on these features, which autograd must save
+def extract_features(model: nn.Module, images: torch.Tensor, batch_size: int = 256, progress: bool = False,
+                     prepare: Callable[[torch.Tensor], torch.Tensor] | None = None, rt: Runtime | None = None,
+                     desc: str = "features") -> torch.Tensor:
+    """Pooled features ``model.pool(model.forward_features(x))`` (N, C) of every image, in order, in
+    float32, on the images' device; one forward pass in eval mode (the model's mode is restored).
+
+    ``prepare`` maps a batch of ``images`` to the model's input (stage 2: ``eval_transform`` of the
+    stored uint8 images; None: ``images`` are the input already); ``rt`` gives autocast.
+    """
+    was_training = model.training
     model.eval()
     feats = []
-    batches = eval_batches(len(data), batch_size)
-    for idx in tqdm(batches, total=-(-len(data) // batch_size), desc=desc, leave=False, disable=not progress):
-        x = eval_transform(data.images[idx.to(data.images.device)], image_size, dcfg)
-        with rt.autocast():
-            feats.append(model.forward_head(model.forward_features(x), pre_logits=True).float())
+    try:
+        for x in tqdm(images.split(batch_size), desc=desc, leave=False, disable=not progress):
+            x = prepare(x) if prepare is not None else x
+            with rt.autocast() if rt is not None else nullcontext():
+                feats.append(model.pool(model.forward_features(x)).float())  # (b, C)
+    finally:
+        model.train(was_training)
     return torch.cat(feats)

@@ -1,4 +1,5 @@
-"""Run directories: refuse to overwrite, log metrics to JSON lines and TensorBoard.
+"""Run directories, written and read back in one place: refuse to overwrite, log metrics to JSON
+lines and TensorBoard; read a finished run's config, metrics, summary and model.
 
 Layout of RUN/:
   config.yaml        resolved config         metrics.jsonl   one record per epoch, then "test"
@@ -9,13 +10,26 @@ Layout of RUN/:
 """
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from ..config import config_from_dict
 from ..errors import Lm2vError
+from ..models import VisionBackbone, create_backbone
+from .checkpoint import load_full_model
+from .config import RunConfig
 
 MARKER = "config.yaml"
+
+
+# -- writing -------------------------------------------------------------------------------------
 
 
 def prepare_run_dir(path: str | Path, resume: bool = False, overwrite: bool = False) -> Path:
@@ -84,9 +98,71 @@ class MetricsLogger:
             self.tb.close()
 
 
+# -- reading -------------------------------------------------------------------------------------
+def is_run_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a directory holding a run's ``config.yaml``."""
+    return (Path(path) / MARKER).is_file()
+
+
+def read_run_config(run: str | Path, cls: type = RunConfig) -> Any:
+    """The resolved config saved in ``run/config.yaml``, as ``cls`` (dense runs: DetectConfig /
+    SegmentConfig)."""
+    if not is_run_dir(run):
+        raise Lm2vError(f"{run} is not an lm2v run directory (no {MARKER})")
+    return config_from_dict(cls, yaml.safe_load((Path(run) / MARKER).read_text()))
+
+
 def read_metrics(run: str | Path) -> list[dict]:
-    """All records of a run's metrics.jsonl."""
+    """All records of a run's metrics.jsonl, in order (epochs, then the ``"event": "test"`` record)."""
     path = Path(run) / "metrics.jsonl"
     if not path.is_file():
         raise Lm2vError(f"no metrics.jsonl in {run}")
-    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+    records = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise Lm2vError(f"{path} line {i} is not JSON: {e}") from None
+    return records
+
+
+def read_summary(run: str | Path) -> dict:
+    """The final figures of a finished run (``summary.json``)."""
+    path = Path(run) / "summary.json"
+    if not path.is_file():
+        raise Lm2vError(f"{run} has no summary.json (unfinished run?)")
+    return json.loads(path.read_text())
+
+
+def build_architecture(cfg: RunConfig) -> VisionBackbone:
+    """The run's architecture, freshly initialised, without reading any pretrained weights."""
+    model_cfg = copy.deepcopy(cfg.model)
+    model_cfg.pretrained = False
+    return create_backbone(model_cfg)
+
+
+def load_run_model(run: str | Path, weights: str = "model.safetensors") -> tuple[VisionBackbone, RunConfig]:
+    """Rebuild a finished run's backbone with its final weights (or ``init.safetensors`` merged in)."""
+    if weights not in ("model.safetensors", "init.safetensors"):
+        raise Lm2vError(f"weights must be model.safetensors or init.safetensors, got {weights!r}")
+    run = Path(run)
+    cfg = read_run_config(run)
+    model = build_architecture(cfg)
+    load_full_model(run / "model.safetensors", model)
+    if weights == "init.safetensors":
+        load_init_weights(run, model)
+    return model, cfg
+
+
+def load_init_weights(run: str | Path, model: VisionBackbone) -> None:
+    """Overwrite the trainable tensors with their values at the start of the run (theta_0)."""
+    path = Path(run) / "init.safetensors"
+    if not path.is_file():
+        raise Lm2vError(f"{run} has no init.safetensors")
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in load_file(str(path)).items():
+            if name not in params or params[name].shape != value.shape:
+                raise Lm2vError(f"{path}: tensor {name} does not match the model")
+            params[name].copy_(value)

@@ -6,55 +6,70 @@ split is evaluated once, after the last epoch, and that final-epoch figure is wh
 """
 from __future__ import annotations
 
-import copy
-import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
-from ..config import save_config, to_dict
-from ..data import DataSplits, ImageSet, load_imageset_splits, random_labels, save_labels
+from ..config import save_config
+from ..data import DataConfig, DataSplits, ImageSet, eval_transform, load_imageset_splits, random_labels, save_labels
 from ..errors import Lm2vError
 from ..models import VisionBackbone, apply_trainable, create_backbone, trainable_summary
 from ..utils.io import atomic_write_json
-from .checkpoint import load_checkpoint, load_full_model, save_checkpoint, save_full_model, save_tensors, trainable_state
-from .config import PROBE_TRAINABLE, RunConfig, check_run_config
-from .distributed import Runtime, full_state_dict, setup_runtime, teardown, unwrap, wrap_model
-from .loop import DeviceSet, Schedule, check_finite_loss, evaluate, extract_features, train_one_epoch
-from .optim import build_optimizer
+from .checkpoint import load_full_model, save_full_model, save_tensors, trainable_state
+from .config import RunConfig, check_run_config
+from .distributed import Runtime, setup_runtime, teardown
+from .loop import extract_features
 from .phase_hooks import PhaseHooks
 from .probe import train_linear_grid
-from .rundir import MetricsLogger, prepare_run_dir
-from .runs import build_architecture, read_run_config
-from ..data.loader import num_batches
-
-
-def _say(rt: Runtime, text: str) -> None:
-    if rt.is_main:
-        tqdm.write(text)
+from .recipe import check_init_model, stage_seed
+from .rundir import MetricsLogger, build_architecture, prepare_run_dir, read_run_config
+from .tasks import classification_summary, classification_task
+from .trainer import fit, say as _say
 
 
 def prepare_model(cfg: RunConfig, num_classes: int) -> VisionBackbone:
-    """The stage's starting model: from ``cfg.init`` (a run directory) or built from ``cfg.model``."""
+    """The stage's starting model: ``cfg.init``'s final weights on ``cfg.model``'s architecture (the
+    init run's, with this stage's dropout, checkpointing, kernels), or built from ``cfg.model``.
+
+    Stage 2 gives the model a new head, and ``reinit`` a new patch embedding, drawn from
+    :func:`stage_seed` (so they differ from the bridge's starting weights and vary with the seed);
+    every other tensor stays as loaded. ``cfg.trainable`` is applied as given.
+    """
     if cfg.init:
-        init_cfg = read_run_config(cfg.init)
-        cfg.model = copy.deepcopy(init_cfg.model)
-        model = build_architecture(init_cfg)
+        check_init_model(cfg)
+        model = build_architecture(cfg)
         load_full_model(Path(cfg.init) / "model.safetensors", model)
     else:
         cfg.model.num_classes = num_classes
         model = create_backbone(cfg.model)
     if cfg.stage == "probe":
         if cfg.probe.mode == "reinit":
-            model.reset_patch_embed()
-        model.reset_classifier(num_classes)  # the bridge head learned random labels
-        cfg.trainable = copy.deepcopy(PROBE_TRAINABLE[cfg.probe.mode])
+            model.reset_patch_embed(seed=stage_seed(cfg, 1))
+        model.reset_classifier(num_classes, seed=stage_seed(cfg, 2))  # the bridge head learned random labels
     elif model.cfg.num_classes != num_classes:
-        model.reset_classifier(num_classes)
+        model.reset_classifier(num_classes, seed=stage_seed(cfg, 2))
     cfg.model.num_classes = num_classes
     apply_trainable(model, cfg.trainable)
+    check_probe_trainable(model, cfg)
     return model
+
+
+def check_probe_trainable(model: VisionBackbone, cfg: RunConfig) -> None:
+    """Refuse a stage-2 ``trainable`` that contradicts its mode, in one line: ``reinit`` re-draws the
+    patch embedding and head, so both must train; ``linear`` fits heads on frozen features."""
+    if cfg.stage != "probe":
+        return
+    groups = model.layer_groups()
+    train = {n for n, p in model.named_parameters() if p.requires_grad}
+    if cfg.probe.mode == "reinit":
+        frozen = [g for g in ("patch", "head") if not set(groups[g]) <= train]
+        if frozen:
+            raise Lm2vError(f"probe.mode=reinit re-draws the patch embedding and head, but trainable leaves "
+                            f"{' and '.join(frozen)} frozen: add them to trainable.groups")
+    elif cfg.probe.mode == "linear" and train - set(groups["head"]):
+        raise Lm2vError(f"probe.mode=linear fits heads on frozen features, but trainable selects "
+                        f"{len(train - set(groups['head']))} other tensors (e.g. {sorted(train - set(groups['head']))[0]}): "
+                        "use probe.mode=reinit or finetune to train them")
 
 
 def stage_train_set(cfg: RunConfig, train: ImageSet, run: Path, rt: Runtime) -> ImageSet:
@@ -84,7 +99,7 @@ def run_stage(cfg: RunConfig, out: str | Path, resume: bool = False, overwrite: 
         if resume:
             cfg = _resume_config(run, cfg)
         torch.manual_seed(cfg.runtime.seed)
-        splits = load_imageset_splits(cfg.data)
+        splits = load_splits(cfg.data, rt)
         model = prepare_model(cfg, splits.train.num_classes).to(rt.device)
         _say(rt, f"[{cfg.stage}] {cfg.model.name} ({'pretrained' if cfg.model.pretrained else 'scratch'}) -> {run}\n"
                  f"runtime: {rt.device}, {rt.world_size} process(es), amp {rt.amp_dtype or 'off'}\n"
@@ -97,15 +112,25 @@ def run_stage(cfg: RunConfig, out: str | Path, resume: bool = False, overwrite: 
         try:
             if cfg.stage == "probe" and cfg.probe.mode == "linear":
                 summary = _linear_probe(cfg, model, splits, run, rt, logger)
+                if rt.is_main:
+                    atomic_write_json(run / "summary.json", summary)
             else:
                 summary = _fit(cfg, model, train, splits, run, rt, logger, resume)
         finally:
             logger.close()
-        if rt.is_main and not summary.get("stopped"):
-            atomic_write_json(run / "summary.json", summary)
         return summary
     finally:
         teardown(rt)
+
+
+def load_splits(dcfg: DataConfig, rt: Runtime) -> DataSplits:
+    """The stage's data. With ``data.download`` under torchrun, rank 0 reads (and downloads) first and
+    the others wait at a barrier, so no two processes write the same files."""
+    if not (dcfg.download and rt.distributed):
+        return load_imageset_splits(dcfg)
+    splits = load_imageset_splits(dcfg) if rt.is_main else None
+    rt.barrier()
+    return splits if splits is not None else load_imageset_splits(dcfg)
 
 
 def _prepare_dir(run: Path, resume: bool, overwrite: bool, rt: Runtime) -> Path:
@@ -117,70 +142,17 @@ def _prepare_dir(run: Path, resume: bool, overwrite: bool, rt: Runtime) -> Path:
 
 def _fit(cfg: RunConfig, model: VisionBackbone, train: ImageSet, splits: DataSplits, run: Path, rt: Runtime,
          logger: MetricsLogger, resume: bool) -> dict:
-    S = cfg.model.image_size
-    dtrain, dval, dtest = (DeviceSet.of(s, rt.device) for s in (train, splits.val, splits.test))
-    if num_batches(len(dtrain), cfg.optim.batch_size) == 0:
-        raise Lm2vError(f"batch size {cfg.optim.batch_size} exceeds the {len(dtrain)} training images")
-    if rt.is_main and not resume:
-        save_tensors(run / "init.safetensors", trainable_state(model))
-    net = wrap_model(model, rt, cfg.runtime.distributed)
-    optimizer = build_optimizer(unwrap(net), cfg.optim)
-    start, resumed_phase = 0, {}
-    if resume:
-        ckpt = load_checkpoint(run, unwrap(net), optimizer)
-        start, resumed_phase = ckpt["epoch"], ckpt.get("phase", {})
-        logger.truncate_after(start)
-        _say(rt, f"resumed after epoch {start}")
-    step_fn = torch.compile(net) if cfg.runtime.compile else net
-    sched = Schedule.of(cfg.optim, num_batches(len(dtrain), cfg.optim.batch_size))
-    phase = PhaseHooks.build(cfg, net, dtrain, run, rt, resumed_phase if resume else None)
-    last: dict = {}
-    for epoch in range(start, cfg.optim.epochs):
-        t0 = time.perf_counter()
-        tr = train_one_epoch(step_fn, optimizer, dtrain, epoch, sched, cfg.optim, cfg.data, S, cfg.runtime.seed, rt,
-                             progress=cfg.runtime.progress and rt.is_main, **phase.loop_hooks())
-        dt = time.perf_counter() - t0
-        va = evaluate(step_fn, dval, S, cfg.data, rt, cfg.runtime.eval_batch_size)
-        last = {"stage": cfg.stage, "epoch": epoch + 1, **tr, **phase.state(), "val_loss": va["loss"], "val_acc": va["acc"],
-                "epoch_time_s": dt, "img_per_s": len(dtrain) // cfg.optim.batch_size * cfg.optim.batch_size / dt}
-        logger.log(last)
-        _say(rt, f"epoch {epoch + 1}/{cfg.optim.epochs}  loss {tr['train_loss']:.4f}  train acc {tr['train_acc']:.3f}  "
-                 f"val acc {va['acc']:.3f}  lr {tr['lr']:.2e}  {last['img_per_s']:.0f} img/s")
-        check_finite_loss(tr["train_loss"], epoch)
-        if cfg.runtime.distributed != "fsdp" and rt.is_main:
-            save_checkpoint(run, unwrap(net), optimizer, {"epoch": epoch + 1, "config": to_dict(cfg), "phase": phase.state()})
-        if cfg.runtime.stop_after and epoch + 1 - start >= cfg.runtime.stop_after and epoch + 1 < cfg.optim.epochs:
-            _say(rt, f"stopped after epoch {epoch + 1} (runtime.stop_after); continue with --resume")
-            return {"stopped": True, "epoch": epoch + 1}
-    te = evaluate(step_fn, dtest, S, cfg.data, rt, cfg.runtime.eval_batch_size)
-    logger.log({"event": "test", "stage": cfg.stage, "epoch": cfg.optim.epochs, "test_loss": te["loss"], "test_acc": te["acc"]})
-    _save_final(run, net, rt, cfg)
-    return _summary(cfg, model, last, te)
-
-
-def _save_final(run: Path, net: torch.nn.Module, rt: Runtime, cfg: RunConfig) -> None:
-    if cfg.runtime.distributed == "fsdp" and rt.distributed:
-        state = full_state_dict(net)  # a collective: every rank takes part
-        if rt.is_main:
-            save_tensors(run / "model.safetensors", state)
-    elif rt.is_main:
-        save_full_model(run / "model.safetensors", unwrap(net))
-
-
-def _summary(cfg: RunConfig, model: VisionBackbone, last: dict, test: dict) -> dict:
-    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"stage": cfg.stage, "mode": cfg.probe.mode if cfg.stage == "probe" else None, "model": cfg.model.name,
-            "pretrained": cfg.model.pretrained, "init": cfg.init, "label_ratio": cfg.labels.ratio,
-            "trainable_blocks": cfg.trainable.blocks, "trainable_params": n_train, "epochs": cfg.optim.epochs,
-            "train_acc": last.get("train_acc"), "val_acc": last.get("val_acc"),
-            "test_acc": test["acc"], "test_loss": test["loss"]}
+    """Train the stage through the one trainer (phase-aware hooks for stage 1)."""
+    task = classification_task(cfg, model, train, splits, rt)
+    return fit(task, cfg, run, rt, logger, resume,
+               hooks=lambda net, resumed: PhaseHooks.build(cfg, net, task.data, run, rt, resumed))
 
 
 def _linear_probe(cfg: RunConfig, model: VisionBackbone, splits: DataSplits, run: Path, rt: Runtime,
                   logger: MetricsLogger) -> dict:
     S, bs = cfg.model.image_size, cfg.runtime.eval_batch_size
     show = cfg.runtime.progress and rt.is_main
-    feats = {name: extract_features(model, DeviceSet.of(s, rt.device), S, cfg.data, rt, bs, show, f"{name} features")
+    feats = {name: extract_features(model, s.images.to(rt.device), bs, show, lambda x: eval_transform(x, S, cfg.data), rt, f"{name} features")
              for name, s in (("train", splits.train), ("val", splits.val), ("test", splits.test))}
     labels = {name: getattr(splits, name).labels.to(rt.device) for name in feats}
     if rt.is_main:
@@ -200,6 +172,6 @@ def _linear_probe(cfg: RunConfig, model: VisionBackbone, splits: DataSplits, run
     if rt.is_main:
         save_full_model(run / "model.safetensors", model)
     last = {"val_acc": res.val_acc[res.best_lr], "train_acc": float((res.predict(feats["train"]) == labels["train"]).float().mean())}
-    summary = _summary(cfg, model, last, {"acc": test_acc, "loss": None})
+    summary = classification_summary(cfg, model, last, {"acc": test_acc, "loss": None})
     summary["best_lr"] = res.best_lr
     return summary

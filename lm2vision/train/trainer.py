@@ -1,0 +1,130 @@
+"""The one trainer: every task (classification stages, detection, segmentation) runs through
+:func:`fit`, so all get the same runtime (torchrun DDP/FSDP, ``torch.compile``, amp with a
+GradScaler for fp16), gradient accumulation, checkpoints, exact resume, divergence stop and
+``runtime.stop_after``. A task (:class:`lm2vision.train.tasks.Task`) only says what its batches,
+loss and evaluation are.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from ..config import to_dict
+from ..utils.io import atomic_write_json
+from .checkpoint import load_checkpoint, save_checkpoint, save_full_model, save_tensors, trainable_state
+from .distributed import Runtime, full_state_dict, unwrap, wrap_model
+from .loop import Schedule, check_finite_loss, train_epoch
+from .optim import build_optimizer, micro_batch_size
+from .phase_hooks import PhaseHooks
+from .rundir import MetricsLogger
+from .tasks import Task
+
+# hooks(net, resumed phase state or None) -> the phase-aware hooks of the run (classification stage 1)
+HooksFactory = Callable[[nn.Module, "dict | None"], PhaseHooks]
+
+
+def say(rt: Runtime, text: str) -> None:
+    """Print on the main process only (above any progress bar)."""
+    if rt.is_main:
+        tqdm.write(text)
+
+
+def fit(task: Task, cfg, run: Path, rt: Runtime, logger: MetricsLogger, resume: bool = False,
+        hooks: HooksFactory | None = None) -> dict:
+    """Train ``task.model`` for ``cfg.optim.epochs`` into the run directory ``run``; returns the summary.
+
+    ``cfg`` is any run config with ``optim`` and ``runtime`` (RunConfig, DetectConfig, SegmentConfig);
+    it is stored in every checkpoint. Writes ``init.safetensors`` (trainable weights at the start),
+    one metrics record per epoch, ``checkpoints/last.*`` after each epoch, then a ``"test"`` record,
+    ``model.safetensors`` and ``summary.json``. With ``runtime.stop_after`` it returns
+    ``{"stopped": True, "epoch": n}`` after n epochs of this invocation (continue with ``resume``).
+    """
+    micro_batch_size(cfg.optim, rt.world_size)  # fail before any work if the batch does not split
+    if rt.is_main and not resume:
+        save_tensors(run / "init.safetensors", trainable_state(task.model))
+    net = wrap_model(task.model, rt, cfg.runtime.distributed)
+    optimizer = build_optimizer(unwrap(net), cfg.optim)
+    # fp16 gradients underflow without loss scaling; bf16 and fp32 need none (the scaler is then a no-op)
+    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
+    start, state = 0, {}
+    if resume:
+        state = load_checkpoint(run, unwrap(net), optimizer)
+        start = state["epoch"]
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
+        logger.truncate_after(start)
+        say(rt, f"resumed after epoch {start}")
+    forward = torch.compile(net) if cfg.runtime.compile else net
+    phase = hooks(net, state.get("phase", {}) if resume else None) if hooks else PhaseHooks()
+    last, val = {}, {}
+    for epoch in range(start, cfg.optim.epochs):
+        last, val = _epoch(task, cfg, epoch, net, forward, optimizer, scaler, phase, rt)
+        logger.log(last)
+        say(rt, epoch_line(last, cfg.optim.epochs))
+        check_finite_loss(last["train_loss"], epoch)
+        _checkpoint(run, net, optimizer, scaler, cfg, rt, {"epoch": epoch + 1, "phase": phase.state()})
+        stop = cfg.runtime.stop_after
+        if stop and epoch + 1 - start >= stop and epoch + 1 < cfg.optim.epochs:
+            say(rt, f"stopped after epoch {epoch + 1} (runtime.stop_after); continue with --resume")
+            return {"stopped": True, "epoch": epoch + 1}
+    return _finish(task, cfg, run, net, forward, rt, logger, last, val)
+
+
+def _epoch(task: Task, cfg, epoch: int, net: nn.Module, forward: nn.Module, optimizer: torch.optim.Optimizer,
+           scaler: torch.amp.GradScaler, phase: PhaseHooks, rt: Runtime) -> tuple[dict, dict]:
+    """Train one epoch and evaluate when due: (the epoch's metrics record, the validation metrics)."""
+    sched = Schedule.of(cfg.optim, task.steps_per_epoch)
+    t0 = time.perf_counter()
+    tr = train_epoch(task, epoch, net, optimizer, sched, cfg.optim, cfg.runtime.seed, rt, forward=forward,
+                     scaler=scaler, progress=cfg.runtime.progress and rt.is_main, **phase.loop_hooks())
+    dt = time.perf_counter() - t0
+    due = epoch + 1 == cfg.optim.epochs or (epoch + 1) % task.eval_every == 0
+    val = task.evaluate(forward, "val") if due else {}
+    record = {"stage": task.name, "epoch": epoch + 1, **tr, **phase.state(), **{f"val_{k}": v for k, v in val.items()},
+              "epoch_time_s": dt, "img_per_s": task.steps_per_epoch * cfg.optim.batch_size / dt}
+    return record, val
+
+
+def epoch_line(record: dict, epochs: int) -> str:
+    """One line per epoch: every number of the record, then the throughput."""
+    skip = ("stage", "epoch", "epoch_time_s", "img_per_s")
+    nums = "  ".join(f"{k} {v:.4g}" for k, v in record.items()
+                     if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool))
+    return f"epoch {record['epoch']}/{epochs}  {nums}  {record['img_per_s']:.0f} img/s"
+
+
+def _checkpoint(run: Path, net: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, cfg,
+                rt: Runtime, state: dict) -> None:
+    if cfg.runtime.distributed == "fsdp" and rt.distributed:
+        return  # sharded optimizer state: FSDP runs are not resumable yet
+    if rt.is_main:
+        extra = {"scaler": scaler.state_dict()} if scaler.is_enabled() else {}
+        save_checkpoint(run, unwrap(net), optimizer, {**state, "config": to_dict(cfg), **extra})
+
+
+def _finish(task: Task, cfg, run: Path, net: nn.Module, forward: nn.Module, rt: Runtime, logger: MetricsLogger,
+            last: dict, val: dict) -> dict:
+    """The final figures (test split once, or the last validation's), final weights and summary."""
+    test = val if task.test_is_val and val else task.evaluate(forward, "test")
+    logger.log({"event": "test", "stage": task.name, "split": task.test_split, "epoch": cfg.optim.epochs,
+                **{f"test_{k}": v for k, v in test.items()}})
+    save_final(run, net, rt, cfg.runtime.distributed)
+    summary = task.summary(last, test)
+    if rt.is_main:
+        atomic_write_json(run / "summary.json", summary)
+    return summary
+
+
+def save_final(run: Path, net: nn.Module, rt: Runtime, distributed: str) -> None:
+    """Every tensor of the trained model to ``run/model.safetensors`` (gathered from FSDP shards)."""
+    if distributed == "fsdp" and rt.distributed:
+        state = full_state_dict(net)  # a collective: every rank takes part
+        if rt.is_main:
+            save_tensors(run / "model.safetensors", state)
+    elif rt.is_main:
+        save_full_model(run / "model.safetensors", unwrap(net))
