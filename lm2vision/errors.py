@@ -3,3 +3,7 @@
 
 class Lm2vError(Exception):
     """Bad input or a refused action (missing dataset, existing run directory, k > blocks, ...)."""
+
+
+class Lm2vWarning(UserWarning):
+    """Something the user should know that did not stop the command (a skip, a stale lock removed)."""

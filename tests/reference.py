@@ -42,6 +42,25 @@ def kernel_alignment(a: torch.Tensor, b: torch.Tensor, centred: bool = False) ->
     return float(inner / (torch.einsum("ij,ij->", a, a).sqrt() * torch.einsum("ij,ij->", b, b).sqrt()))
 
 
+def ridge_retrieval_top1(z_query: torch.Tensor, z_key: torch.Tensor, groups: torch.Tensor, fit: Sequence[int],
+                         test: Sequence[int], alpha: float) -> float:
+    """Held-out top-1 of query -> key retrieval after a ridge map fitted on the ``fit`` rows.
+
+    Both sides centred by their fit-row means; W = (X^T X + alpha I)^-1 X^T Y on the fit rows (closed
+    form); each held-out query X_i W retrieves the held-out key of largest cosine, a hit when that
+    key's group equals the query's. Returns hits / len(test).
+    """
+    zq, zk = z_query.double(), z_key.double()
+    fit, test = torch.as_tensor(list(fit)), torch.as_tensor(list(test))
+    mq, mk = zq[fit].mean(0), zk[fit].mean(0)
+    x, y = zq[fit] - mq, zk[fit] - mk
+    w = torch.linalg.solve(x.T @ x + alpha * torch.eye(x.shape[1], dtype=torch.float64), x.T @ y)  # (Dq, Dk)
+    q, k = (zq[test] - mq) @ w, zk[test] - mk
+    cos = torch.einsum("id,jd->ij", q, k) / (q.norm(dim=1)[:, None] * k.norm(dim=1)[None, :])
+    g = groups[test]
+    return float((g[cos.argmax(1)] == g).double().mean())
+
+
 def normalised(images_u8: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 images (N, 3, H, W) -> (pixel / 255 - mean) / std, per channel (no resize)."""
     m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)

@@ -64,13 +64,39 @@ def test_patch_covariance_and_weight_covariance():
     assert A.weight_covariance(W).flatten().tolist() == pytest.approx([1, 0, 0, 1])
 
 
+def _images_from_patches(patches, p):
+    """Patch vectors (N*4, 3*p*p) in (c, kh, kw) order -> images (N, 3, 2p, 2p), 4 patches each, placed by
+    hand (rows of the 2x2 grid in turn); the order of patches does not change their covariance."""
+    imgs = torch.zeros(patches.shape[0] // 4, 3, 2 * p, 2 * p)
+    for n, vec in enumerate(patches):
+        r, c = divmod(n % 4, 2)
+        imgs[n // 4, :, r * p:(r + 1) * p, c * p:(c + 1) * p] = vec.reshape(3, p, p)
+    return imgs
+
+
 def test_patch_embed_alignment_end_to_end_and_errors(tmp_path):
-    torch.manual_seed(0)
-    imgs = torch.randn(4, 3, 8, 8)
-    a = A.patch_embed_alignment(torch.randn(16, 3, 4, 4), imgs, k=5)
-    assert a.dim == 48 and 0 <= a.energy <= 1 and 0 <= a.max_cosine <= 1
-    A.plot_eigen_mapping({"init": a}, tmp_path / "e.png")
-    assert (tmp_path / "e.png").exists()
+    # Patches +-s_i q_i for 8 orthonormal q_i (s = 8..1): mean 0, Sigma_X = sum_i 2 s_i^2 q_i q_i^T / 15
+    # exactly, so its top-5 eigenvectors are q_1..q_5 and the other 40 eigenvalues are 0.
+    p, D, k = 4, 48, 5
+    Q = _orthogonal(D, 3).float()  # columns q_i
+    s = torch.arange(8, 0, -1, dtype=torch.float32)
+    patches = torch.cat([s[:, None] * Q[:, :8].T, -s[:, None] * Q[:, :8].T])  # (16, 48)
+    imgs = _images_from_patches(patches, p)  # (4, 3, 8, 8)
+    scales = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0])  # distinct: Sigma_W's eigenvectors are the rows themselves
+    aligned = (scales[:, None] * Q[:, :k].T).reshape(k, 3, p, p)  # rows q_1..q_5
+    a = A.patch_embed_alignment(aligned, imgs, k=k)
+    assert (a.dim, a.chance_energy) == (48, pytest.approx(5 / 48))
+    assert a.energy == pytest.approx(1.0, abs=1e-6) and a.max_cosine == pytest.approx(1.0, abs=1e-6)
+    sigma = (2 * s.double() ** 2 / 15).tolist() + [0.0] * 40
+    assert a.sigma == pytest.approx(sigma, abs=1e-5)
+    # tau_i = q_i^T (W^T W / C) q_i = scale_i^2 / 5 on the top 5, 0 where W has no component
+    assert a.tau == pytest.approx((scales.double() ** 2 / 5).tolist() + [0.0] * 43, abs=1e-5)
+    orthogonal = (scales[:, None] * Q[:, 8:8 + k].T).reshape(k, 3, p, p)  # rows q_9..q_13, outside the data
+    b = A.patch_embed_alignment(orthogonal, imgs, k=k)
+    assert b.energy == pytest.approx(0.0, abs=1e-6) and b.max_cosine == pytest.approx(0.0, abs=1e-6)
+    assert b.tau[:8] == pytest.approx([0.0] * 8, abs=1e-5)  # W is blind to every direction the data uses
+    A.plot_eigen_mapping({"aligned": a, "orthogonal": b}, tmp_path / "e.png")
+    assert (tmp_path / "e.png").stat().st_size > 1000
     with pytest.raises(Lm2vError):
         A.extract_patches(torch.randn(1, 3, 7, 7), 4)
     with pytest.raises(Lm2vError):

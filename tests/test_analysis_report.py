@@ -95,7 +95,7 @@ def test_analyze_writes_every_section(tiny_run, tmp_path, monkeypatch, capsys):
     assert grid["loss"][0][1] == pytest.approx(at_init, rel=1e-4) and abs(at_init - expect) > 1e-3
     # a second run refuses to overwrite; --overwrite with --skip works
     assert cli_main.main(argv) == 2
-    assert "already holds a report" in capsys.readouterr().err
+    assert "report directory " in (err := capsys.readouterr().err) and "already exists; use --overwrite to replace it" in err
     assert cli_main.main(["analyze", str(tiny_run), "--out", str(out), "--overwrite", "--no-progress",
                           "--skip", "landscape,features,alignment,weights"]) == 0
     html = (out / "report.html").read_text()

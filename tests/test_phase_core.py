@@ -1,6 +1,7 @@
 """Known answers for the phase maths: NTK, kernel similarity, AGOP, alignment score."""
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -11,7 +12,8 @@ from lm2vision.phase.alignment import alignment_score
 from lm2vision.phase.ntk import NTKConfig, choose_method, empirical_ntk, ntk_diagonal, ntk_trace
 from lm2vision.phase.similarity import kernel_similarity, phase_label
 
-torch.manual_seed(0)
+# Draws without a generator (torch.randn, fresh nn.Linear) come from the global RNG, which the autouse
+# fixture in tests/conftest.py seeds to 0 before every test.
 
 
 def _linear(d_in=5, d_out=3):
@@ -128,6 +130,32 @@ def test_alignment_rotation_vs_shuffled(method):
     assert good.top1 > 0.95 and good.chance == pytest.approx(0.01)
     bad = alignment_score(zv, zl[torch.randperm(200, generator=g)], method=method, ridge=1e-3, cca_dim=16)
     assert bad.top1 < 0.06
+
+
+@pytest.mark.parametrize("method", ["ridge", "cca"])
+def test_alignment_top1_exact_on_a_known_split(method):
+    """Language = a rotation of vision on the fit rows. On the held-out rows the keys are either the
+    queries' own rotations (each query finds its pair: top-1 = 1) or those of the next held-out row
+    (each finds its neighbour's: top-1 = 0, or the share of neighbours in its group when groups pair
+    them up). The held-out rows are the documented split: the first round(n * test_fraction) of numpy's
+    default_rng(seed).permutation(n)."""
+    n, d, seed = 24, 4, 5
+    g = torch.Generator().manual_seed(0)
+    zv = torch.randn(n, d, generator=g, dtype=torch.float64)
+    rot, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    zl = zv @ rot
+    test = np.random.default_rng(seed).permutation(n)[:8]  # 24 / 3 held out
+    kw = dict(method=method, test_fraction=1 / 3, ridge=1e-9, cca_dim=d, seed=seed)
+    good = alignment_score(zv, zl, **kw)
+    assert (good.top1, good.chance, good.n_fit, good.n_test) == (1.0, pytest.approx(1 / 8), 16, 8)
+    shifted = zl.clone()
+    shifted[test] = zl[np.roll(test, -1)]  # key of held-out row test[j] = the rotation of row test[j + 1]
+    assert alignment_score(zv, shifted, **kw).top1 == 0.0
+    groups = torch.arange(100, 100 + n)
+    groups[test] = torch.arange(8) // 2  # held-out rows in pairs (test[0], test[1]), (test[2], test[3]), ...
+    paired = alignment_score(zv, shifted, groups=groups, **kw)
+    # query j retrieves row test[j - 1]: same group for odd j (4 of 8); chance = 4 groups x (2/8)^2
+    assert paired.top1 == 0.5 and paired.chance == pytest.approx(0.25)
 
 
 def test_alignment_with_class_groups():

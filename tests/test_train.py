@@ -228,7 +228,7 @@ def test_existing_run_directory_is_refused(tmp_path, tiny_run):
         run_stage(cfg, tmp_path / "fresh", resume=True)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
-    with pytest.raises(Lm2vError, match="does not look like an lm2v run"):
+    with pytest.raises(Lm2vError, match="has no .lm2v-run marker \\(not an lm2v run\\)"):
         run_stage(cfg, tmp_path / "other", overwrite=True)
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
 

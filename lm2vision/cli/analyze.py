@@ -72,25 +72,23 @@ def _flag_overrides(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def _prepare_out(out: Path, overwrite: bool) -> Path:
-    if (out / "report.html").exists() and not overwrite:
-        raise Lm2vError(f"{out} already holds a report; use --overwrite to replace it")
-    (out / "figures").mkdir(parents=True, exist_ok=True)
-    return out
 
 
 def run_analyze(args: argparse.Namespace) -> int:
     """Build the config, run every part, write the report."""
     from ..analysis.run import AnalyzeConfig, analyze_run
     from ..config import load_config, save_config
+    from ..train.rundir import open_run
 
     run = Path(args.run_dir)
     if not (run / "config.yaml").is_file():
         raise Lm2vError(f"{run} is not an lm2v run directory (no config.yaml)")
     cfg = load_config(AnalyzeConfig, args.config, _flag_overrides(args) + list(args.overrides))
-    out = _prepare_out(Path(args.out) if args.out else run / "analysis", args.overwrite)
-    save_config(cfg, out / "analyze.yaml")
-    analyze_run(run, out, cfg, log=lambda s: print(s, file=sys.stderr))
+    with open_run(Path(args.out) if args.out else run / "analysis", overwrite=args.overwrite, inputs=[run],
+                  kind="report") as out:
+        (out / "figures").mkdir()
+        save_config(cfg, out / "analyze.yaml")
+        analyze_run(run, out, cfg, log=lambda s: print(s, file=sys.stderr))
     print(out / "report.html")
     return 0
 
@@ -98,9 +96,11 @@ def run_analyze(args: argparse.Namespace) -> int:
 def run_compare(args: argparse.Namespace) -> int:
     """One table and overlaid curves across runs."""
     from ..analysis.run import compare_runs
+    from ..train.rundir import open_run
 
-    out = _prepare_out(Path(args.out), args.overwrite)
-    rows = compare_runs(args.run_dirs, out)
+    with open_run(args.out, overwrite=args.overwrite, inputs=args.run_dirs, kind="report") as out:
+        (out / "figures").mkdir()
+        rows = compare_runs(args.run_dirs, out)
     for r in rows:
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
     print(out / "report.html")

@@ -17,7 +17,8 @@ from ..train import read_summary, run_stage
 from ..train.config import LabelConfig, OptimConfig, ProbeConfig, RunConfig, RuntimeConfig
 from ..models.freeze import TrainableSpec
 from ..train.recipe import probe_of
-from ..train.rundir import prepare_run_dir
+from ..train.rundir import open_run
+from ..utils.io import atomic_write_text
 from ..utils.tables import markdown_table
 from .report import plot_demo
 
@@ -59,8 +60,13 @@ def stage_configs(d: DemoConfig, pretrained: bool, bridged: bool, bridge_dir: Pa
 
 def run(args: argparse.Namespace) -> int:
     d = load_config(DemoConfig, args.config, args.overrides)
-    out = prepare_run_dir(args.out, overwrite=args.overwrite)
-    save_config(d, out / "config.yaml")
+    with open_run(args.out, overwrite=args.overwrite, kind="demo") as out:
+        save_config(d, out / "config.yaml")
+        return run_demo(d, out)
+
+
+def run_demo(d: DemoConfig, out: Path) -> int:
+    """The four cells, the table and the plot, into ``out``."""
     rows = []
     for pretrained in (True, False):
         init = "pretrained" if pretrained else "scratch"
@@ -73,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
             rows.append(_row(name, init, bridged, out, d))
     table = markdown_table(rows)
     print("\n" + table)
-    (out / "results.md").write_text(table + "\n")
+    atomic_write_text(out / "results.md", table + "\n")
     plot_demo(out, rows)
     print(f"\nplot: {out / 'curves.png'}\nruns: {out}/*  (lm2v analyze {out}/pretrained_bridge)")
     return 0

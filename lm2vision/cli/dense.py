@@ -40,15 +40,15 @@ def register(subparsers) -> None:
 
 def _config(args, run: Path):
     from ..dense.config import DetectConfig, SegmentConfig
+    from ..train.rundir import check_target, resumed_config
 
     cls = DetectConfig if args.task == "detect" else SegmentConfig
-    path = args.config
-    if args.resume and path is None:
-        path = run / "config.yaml"  # continue with the config the run started with
     overrides = list(_SYNTHETIC[args.task]) if args.synthetic else []
     if args.data:
         overrides.append(f"data.root={args.data}")
-    return load_config(cls, path, overrides + list(args.overrides))
+    if args.resume:  # the run's own config, with what the user gives on top (only runtime.* may differ)
+        return resumed_config(check_target(run), cls, args.config, overrides + list(args.overrides))
+    return load_config(cls, args.config, overrides + list(args.overrides))
 
 
 def _synthetic(args, cfg, run: Path):
@@ -77,13 +77,14 @@ def run(args: argparse.Namespace) -> int:
     from ..dense.engine import run_dense
 
     run_dir = Path(args.out)
-    if args.resume and not (run_dir / "checkpoints" / "last.json").is_file():
-        raise Lm2vError(f"nothing to resume in {run_dir}: no checkpoints/last.json")
     cfg = _config(args, run_dir)
     prepare = _synthetic(args, cfg, run_dir) if args.synthetic else None
     summary = run_dense(cfg, run_dir, resume=args.resume, overwrite=args.overwrite, prepare=prepare)
     if summary.get("stopped"):
         return 0
     final = summary["final"]
+    if summary.get("finished_before"):
+        print(f"{run_dir} is already finished; nothing to resume")
+        return 0
     print(f"{args.task} done: " + " ".join(f"{k}={v:.4f}" for k, v in final.items()) + f"  ({run_dir})")
     return 0

@@ -15,6 +15,7 @@ runs and continues unfinished ones from their last checkpoint.
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from ..config import to_dict
 from ..errors import Lm2vError
 from ..train import RunConfig, read_run_config, read_summary, run_stage
 from ..train.recipe import probe_of, stage_config
-from ..train.rundir import prepare_run_dir
+from ..train.rundir import open_run
 from ..utils.io import atomic_write_json, atomic_write_text
 from ..utils.tables import markdown_table
 
@@ -93,9 +94,14 @@ def run(args: argparse.Namespace) -> int:
     cells = {cell_name(p): cell_config(args, p) for p in points}  # every config checked before any run
     if args.resume:
         _check_resumable(out, record)
-    else:
-        prepare_run_dir(out, overwrite=args.overwrite)
-        atomic_write_text(out / "config.yaml", yaml.safe_dump(record, sort_keys=False))
+    with open_run(out, resume=args.resume, overwrite=args.overwrite, kind="grid"):
+        if not args.resume:
+            atomic_write_text(out / "config.yaml", yaml.safe_dump(record, sort_keys=False))
+        return run_grid(args, out, points, cells)
+
+
+def run_grid(args: argparse.Namespace, out: Path, points: list[dict], cells: dict[str, RunConfig]) -> int:
+    """Every cell in turn (finished ones skipped, unfinished ones continued), then the table."""
     direct: dict[str, dict] = {}
     rows = []
     for point in points:
@@ -167,6 +173,9 @@ def run_or_resume(cfg: RunConfig, run: Path) -> bool:
             raise Lm2vError(f"{run} was started with another config than this grid's cell: "
                             "rerun the grid with --overwrite (or another --out)")
     resume = started and (run / "checkpoints" / "last.json").is_file()
+    if resume:
+        cfg = copy.deepcopy(cfg)
+        cfg.model.num_classes = saved.model.num_classes  # set from the data when the run started
     summary = run_stage(cfg, run, resume=resume, overwrite=started and not resume)
     return not summary.get("stopped")
 

@@ -2,14 +2,17 @@
 
 Each command module exposes ``register(subparsers)``, which adds its parser and sets
 ``func=run`` on it. Bad input raises :class:`~lm2vision.errors.Lm2vError`; here it becomes one
-line on stderr and exit code 2.
+line on stderr and exit code 2, as does a command line argparse refuses. Ctrl-C at any moment
+(the command modules import torch and transformers, which takes seconds) is one line and 130.
+
+This module imports nothing heavy at the top, so that all of that happens inside :func:`main`.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from ..errors import Lm2vError
 
@@ -28,9 +31,16 @@ COMMANDS = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line (no usage block), like every other ``lm2v`` error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``lm2v`` parser with every sub-command registered."""
-    parser = argparse.ArgumentParser(prog="lm2v", description="Language-pretrained transformers as vision backbones.")
+    parser = Parser(prog="lm2v", description="Language-pretrained transformers as vision backbones.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in dict.fromkeys(COMMANDS.values()):
         importlib.import_module(f"lm2vision.cli.{module}").register(sub)
@@ -38,18 +48,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``lm2v`` with ``argv``; returns the exit code (0 ok, 2 bad input)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run ``lm2v`` with ``argv``; returns the exit code (0 ok, 2 bad input, 130 interrupted)."""
+    prog = "lm2v"
     try:
-        result = args.func(args)
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:  # --help (0) or a refused command line (2, already printed)
+            return e.code if isinstance(e.code, int) else 2
+        prog = f"lm2v {args.command}"
+        return int(args.func(args) or 0)
     except Lm2vError as e:
-        print(f"lm2v {args.command}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"lm2v {args.command}: interrupted", file=sys.stderr)
+        print("lm2v: interrupted", file=sys.stderr)
         return 130
-    return int(result or 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -79,14 +79,15 @@ def _print_and_write(rows: list[dict], details: dict, cfg, out: Path) -> None:
 def run_phase(args: argparse.Namespace) -> int:
     """Screen every pair, write the table, results and plot to ``--out`` and print the table."""
     from ..phase.screen import check_screen_config, screen
-    from ..train.rundir import prepare_run_dir
+    from ..train.rundir import open_run
 
     cfg = build_config(args)
     if not cfg.vision or not cfg.language:
         raise Lm2vError("give at least one --vision and one --language model (or set them in --config)")
     check_screen_config(cfg)
-    out = prepare_run_dir(args.out, overwrite=args.overwrite)
-    save_config(cfg, out / "config.yaml")
-    rows, details = screen(cfg, progress=not args.no_progress)
-    _print_and_write(rows, details, cfg, out)
+    inputs = [m for m in (*cfg.vision, *cfg.language) if Path(m).expanduser().exists()]
+    with open_run(args.out, overwrite=args.overwrite, inputs=inputs, kind="phase") as out:
+        save_config(cfg, out / "config.yaml")
+        rows, details = screen(cfg, progress=not args.no_progress)
+        _print_and_write(rows, details, cfg, out)
     return 0

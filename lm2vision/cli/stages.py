@@ -5,7 +5,9 @@ import argparse
 import os
 
 from ..train import run_stage
+from ..train.config import RunConfig
 from ..train.recipe import stage_config
+from ..train.rundir import check_target, resumed_config
 
 HELP = {
     "bridge": "stage 1: train on images with random labels (partial training via trainable.blocks)",
@@ -33,8 +35,17 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = stage_config(args.stage, args.config, args.overrides, args.init)
+    """Run (or resume) one stage; prints its final-epoch test accuracy."""
+    if args.resume:  # the run's own config, with what the user gives on top (only runtime.* may differ)
+        extra = [f"init={args.init}"] if args.init else []
+        cfg = resumed_config(check_target(args.out), RunConfig, args.config, list(args.overrides) + extra)
+    else:
+        cfg = stage_config(args.stage, args.config, args.overrides, args.init)
     summary = run_stage(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
-    if not summary.get("stopped") and os.environ.get("RANK", "0") == "0":
+    if os.environ.get("RANK", "0") != "0" or summary.get("stopped"):
+        return 0
+    if summary.get("finished_before"):
+        print(f"{args.out} is already finished (test acc {summary['test_acc']:.4f}); nothing to resume")
+    else:
         print(f"{args.stage} done: test acc {summary['test_acc']:.4f} (final epoch) -> {args.out}")
     return 0

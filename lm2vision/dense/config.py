@@ -11,7 +11,7 @@ from typing import List, Optional
 from ..config import bounds, choices, validate
 from ..errors import Lm2vError
 from ..models import ModelConfig, TrainableSpec
-from ..train.config import OptimConfig, RuntimeConfig, sdpa_backends
+from ..train.config import OptimConfig, RuntimeConfig, check_device, check_optim, sdpa_backends
 from .heads import DetrHeadConfig, SegHeadConfig
 from .losses import DetectLossConfig
 
@@ -96,6 +96,8 @@ def check_dense_config(cfg: DetectConfig | SegmentConfig) -> None:
     """One-line errors for settings that cannot run: the declared choices and bounds
     (:func:`lm2vision.config.validate`), then the rules that depend on the task or tie fields together."""
     validate(cfg)
+    check_optim(cfg.optim)
+    check_device(cfg.runtime.device)
     sdpa_backends(cfg.runtime.sdpa)  # a comma list: parsed, not declared
     detect = isinstance(cfg, DetectConfig)
     layouts = DETECT_LAYOUTS if detect else SEGMENT_LAYOUTS

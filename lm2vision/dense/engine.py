@@ -25,13 +25,15 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from ..config import save_config
+from ..data.fingerprint import fingerprint_path
 from ..data.transforms import normalize
 from ..errors import Lm2vError
 from ..models import apply_trainable, create_backbone, trainable_summary
 from ..train.checkpoint import load_full_model
 from ..train.distributed import Runtime, setup_runtime, teardown
 from ..train.loop import epoch_seed
-from ..train.rundir import MetricsLogger, load_run_model, prepare_run_dir, read_run_config
+from ..train.rundir import (MetricsLogger, check_data, check_resume, check_target, is_finished, load_run_model,
+                            open_run, read_run_config, read_summary, record_data)
 from ..train.trainer import fit, say
 from .config import DetectConfig, SegmentConfig, check_dense_config
 from .datasets import CocoDetection, SegmentationFolder, detection_collate, list_collate, segmentation_pairs
@@ -277,30 +279,53 @@ def load_dense_model(run: str | Path) -> tuple[nn.Module, DetectConfig | Segment
 
 def run_dense(cfg: DetectConfig | SegmentConfig, out: str | Path, resume: bool = False, overwrite: bool = False,
               prepare: Callable[[Path], None] | None = None) -> dict:
-    """Check ``cfg``, prepare the run directory ``out``, build the task and train it with
-    :func:`~lm2vision.train.trainer.fit`; returns the summary. Runs as one process or under torchrun
-    (DDP). ``prepare(run)`` runs on the main process once the directory exists (e.g. to write a
-    synthetic data set into it that ``cfg.data.root`` points at).
+    """Check ``cfg``, build the task, then train it with :func:`~lm2vision.train.trainer.fit` in the
+    run directory ``out`` (opened with :func:`~lm2vision.train.rundir.open_run` only once the config,
+    data and model are known good); returns the summary. Runs as one process or under torchrun (DDP).
+    ``prepare(run)`` runs on the main process once the directory exists, before the task is built
+    (it writes a synthetic data set into it that ``cfg.data.root`` points at).
     """
-    check_dense_config(cfg)
+    if prepare is None:
+        check_dense_config(cfg)
+    # what the directory must not be or hold (a resumed run moves nothing: its synthetic data lives in it)
+    inputs = [] if resume else [p for p in (cfg.init, None if prepare else cfg.data.root) if p]
+    run = check_target(out, inputs)
+    if resume and is_finished(run):
+        check_resume(run, cfg)
+        return {**read_summary(run), "finished_before": True}
+    if resume:
+        cfg = check_resume(run, cfg)
     rt = setup_runtime(cfg.runtime)
     try:
         if rt.distributed and cfg.runtime.distributed == "fsdp":
             raise Lm2vError("runtime.distributed=fsdp shards a backbone's blocks only; dense runs use ddp")
-        run = Path(out)
-        if rt.is_main:
-            prepare_run_dir(run, resume=resume, overwrite=overwrite)
+        task = _task(cfg, rt) if prepare is None else None
+        with open_run(run, resume=resume, overwrite=overwrite, inputs=inputs, rt=rt):
             if prepare is not None:
-                prepare(run)
-            save_config(cfg, run / "config.yaml")  # marks the folder as a run even if building fails
-        rt.barrier()
-        task = detection_task(cfg, rt) if isinstance(cfg, DetectConfig) else segmentation_task(cfg, rt)
-        if rt.is_main:
-            save_config(cfg, run / "config.yaml")  # after build: ``init`` may have filled in cfg.model
-        logger = MetricsLogger(run, cfg.runtime.tensorboard, enabled=rt.is_main)
-        try:
-            return fit(task, cfg, run, rt, logger, resume)
-        finally:
-            logger.close()
+                if rt.is_main:
+                    prepare(run)
+                rt.barrier()
+                task = _task(cfg, rt)
+            _record(cfg, run, resume, rt)
+            logger = MetricsLogger(run, cfg.runtime.tensorboard, enabled=rt.is_main)
+            try:
+                return fit(task, cfg, run, rt, logger, resume)
+            finally:
+                logger.close()
     finally:
         teardown(rt)
+
+
+def _task(cfg: DetectConfig | SegmentConfig, rt: Runtime) -> "DenseTask":
+    return detection_task(cfg, rt) if isinstance(cfg, DetectConfig) else segmentation_task(cfg, rt)
+
+
+def _record(cfg: DetectConfig | SegmentConfig, run: Path, resume: bool, rt: Runtime) -> None:
+    """A new run saves its config (``init`` has filled in cfg.model by now) and its data's
+    fingerprint; a resumed one checks the data is the one it started on."""
+    data = fingerprint_path(cfg.data.root)
+    if resume:
+        check_data(run, data, cfg.runtime.allow_data_change)
+    elif rt.is_main:
+        save_config(cfg, run / "config.yaml")
+        record_data(run, data)

@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from ..config import bounds, choices, validate
+import torch
+
+from ..config import bounds, choices, length, validate
 from ..data.config import DataConfig
 from ..errors import Lm2vError
 from ..models import ModelConfig, TrainableSpec
@@ -31,12 +33,12 @@ class OptimConfig:
     epochs: int = field(default=10, metadata=bounds(ge=1))
     batch_size: int = field(default=64, metadata=bounds(ge=1))  # global batch, split across processes
     accum_steps: int = field(default=1, metadata=bounds(ge=1))  # micro-batches of batch_size / accum_steps per step (big batch, small GPU)
-    blr: float = 1e-3
-    lr: Optional[float] = None  # absolute lr; overrides blr
+    blr: float = field(default=1e-3, metadata=bounds(gt=0))
+    lr: Optional[float] = field(default=None, metadata=bounds(gt=0))  # absolute lr; overrides blr
     weight_decay: float = field(default=0.05, metadata=bounds(ge=0))  # only on trainable tensors with dim >= 2
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999], metadata={**bounds(ge=0, lt=1), **length(2)})
     warmup_epochs: float = field(default=1.0, metadata=bounds(ge=0))
-    min_lr: float = 1e-6
+    min_lr: float = field(default=1e-6, metadata=bounds(ge=0))
     label_smoothing: float = field(default=0.1, metadata=bounds(ge=0, lt=1))
     grad_clip: float = field(default=1.0, metadata=bounds(ge=0))  # 0 disables
 
@@ -47,9 +49,9 @@ class ProbeConfig:
 
     # reinit (paper) | linear (probe on frozen features) | finetune (all); keys of PROBE_TRAINABLE
     mode: str = field(default="reinit", metadata=choices("reinit", "linear", "finetune"))
-    linear_lrs: List[float] = field(default_factory=lambda: [1e-3, 3e-3, 1e-2, 3e-2])
-    linear_epochs: int = 100  # epochs over cached features (cheap)
-    linear_weight_decay: float = 1e-4
+    linear_lrs: List[float] = field(default_factory=lambda: [1e-3, 3e-3, 1e-2, 3e-2], metadata=bounds(gt=0))
+    linear_epochs: int = field(default=100, metadata=bounds(ge=1))  # epochs over cached features (cheap)
+    linear_weight_decay: float = field(default=1e-4, metadata=bounds(ge=0))
 
 
 @dataclass
@@ -66,6 +68,7 @@ class RuntimeConfig:
     stop_after: Optional[int] = None  # stop after this many epochs in this invocation (then --resume)
     progress: bool = True
     tensorboard: bool = True
+    allow_data_change: bool = False  # --resume on a dataset whose fingerprint changed (warns instead of refusing)
 
 
 @dataclass
@@ -132,10 +135,32 @@ def sdpa_backends(text: str) -> tuple[str, ...] | None:
     return names
 
 
+def check_device(name: str) -> None:
+    """``runtime.device`` is ``auto`` or a name PyTorch reads (cpu, cuda, cuda:N, mps, ...)."""
+    if name == "auto":
+        return
+    try:
+        torch.device(name)
+    except (RuntimeError, ValueError):
+        raise Lm2vError(f"runtime.device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+
+
+def check_optim(cfg: OptimConfig) -> None:
+    """The global batch splits into ``accum_steps`` equal micro-batches (per process, the trainer
+    checks again with the world size)."""
+    if cfg.batch_size % cfg.accum_steps:
+        raise Lm2vError(f"optim.batch_size {cfg.batch_size} must be divisible by optim.accum_steps {cfg.accum_steps}")
+
+
 def check_run_config(cfg: RunConfig) -> None:
     """One-line errors for settings that cannot run: the declared choices and bounds
     (:func:`lm2vision.config.validate`), then the rules that tie fields together."""
     validate(cfg)
+    check_optim(cfg.optim)
+    check_device(cfg.runtime.device)
+    if cfg.data.root and cfg.data.dataset not in ("cifar10", "cifar100"):
+        raise Lm2vError(f"data.root is read only for data.dataset cifar10 or cifar100, not {cfg.data.dataset!r} "
+                        "(give a folder or archive as data.dataset=PATH)")
     if cfg.stage != "bridge" and cfg.labels.ratio > 0:
         raise Lm2vError(f"random labels belong to stage 1 (lm2v bridge); {cfg.stage} uses the real labels")
     sdpa_backends(cfg.runtime.sdpa)  # a comma list: parsed, not declared

@@ -12,50 +12,288 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
+import socket
+import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 import yaml
 from safetensors.torch import load_file
 
-from ..config import config_from_dict
-from ..errors import Lm2vError
+from ..config import config_from_dict, load_config, to_dict
+from ..errors import Lm2vError, Lm2vWarning
+from ..utils.io import atomic_write_json, atomic_write_text, fault_point
 from ..models import VisionBackbone, create_backbone
 from .checkpoint import load_full_model
 from .config import RunConfig
 
-MARKER = "config.yaml"
+CONFIG = "config.yaml"  # the resolved config: what readers look for
+MARKER = ".lm2v-run"  # written when lm2v creates a directory: only such a directory is ever replaced
+LOCK = ".lm2v-lock"  # {"pid", "host"} of the command writing the directory, removed when it ends
+REPLACED = ".lm2v-replaced"  # suffix of a run moved aside by --overwrite until the new run has started
+COMMITTED = ("checkpoints/last.json", "summary.json")  # a run holding one of these (at any depth: grid cells) has started
 
 
-# -- writing -------------------------------------------------------------------------------------
+# -- writing: safe targets, a lock, replace only after the new run has started --------------------
 
 
-def prepare_run_dir(path: str | Path, resume: bool = False, overwrite: bool = False) -> Path:
-    """Create ``path`` for a new run, or check it for ``resume``.
+def check_target(path: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
+    """Refuse a path that can never be a run directory, in one line: empty, the current directory or
+    one of its parents, an input of the command (or a folder holding one), a path under a file."""
+    if not str(path).strip():
+        raise Lm2vError("--out is empty: give the run directory to write")
+    run = Path(path).expanduser()
+    target, here = run.resolve(), Path.cwd().resolve()
+    if target == here or target in here.parents:
+        raise Lm2vError(f"refusing to write a run into {path}: it is the current directory or one of its parents")
+    for item in inputs:
+        source = Path(item).expanduser().resolve()
+        if target == source or target in source.parents:
+            raise Lm2vError(f"refusing to write a run into {path}: it holds {item}, an input of this command")
+    for parent in [target, *target.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise Lm2vError(f"cannot write a run into {path}: {parent} is a file")
+            break
+    return run
 
-    An existing non-empty directory is refused unless ``resume`` (it must hold a checkpoint) or
-    ``overwrite`` (only a directory that looks like a run is wiped, never an arbitrary folder).
-    """
-    run = Path(path)
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def acquire_lock(run: Path) -> Path:
+    """Create ``run/.lm2v-lock`` exclusively; a lock left by a dead process of this host is taken over
+    with a warning, a live one is a one-line error."""
+    lock = run / LOCK
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            _check_stale(lock)
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump({"pid": os.getpid(), "host": socket.gethostname()}, f)
+        return lock
+    raise Lm2vError(f"{run} is locked by another lm2v command ({lock})")
+
+
+def _check_stale(lock: Path) -> None:
+    """Remove ``lock`` if its process is gone (same host), else refuse in one line."""
+    try:
+        owner = json.loads(lock.read_text())
+    except FileNotFoundError:
+        return  # released meanwhile: try again
+    except (OSError, ValueError):
+        owner = {}  # half-written by a process killed while locking
+    pid, host = owner.get("pid"), owner.get("host")
+    if not isinstance(pid, int) or (host == socket.gethostname() and not _alive(pid)):
+        warnings.warn(f"removing the stale lock of {lock.parent} (process {pid} is no longer running)", Lm2vWarning)
+        lock.unlink(missing_ok=True)
+        return
+    raise Lm2vError(f"{lock.parent} is being written by another lm2v command (process {pid} on {host}); "
+                    f"wait for it to finish, or delete {lock} if that process is gone")
+
+
+def replaced_path(run: str | Path) -> Path:
+    """Where ``--overwrite`` keeps the old run of ``run`` until the new one has started."""
+    run = Path(run)
+    return run.parent / f".{run.name}{REPLACED}"
+
+
+def has_started(run: str | Path) -> bool:
+    """Whether the run in ``run`` (or one of the runs a grid or demo holds) has committed any state:
+    a checkpoint or a summary."""
+    return any(next(Path(run).glob(f"**/{name}"), None) is not None for name in COMMITTED)
+
+
+def drop_replaced(run: str | Path) -> None:
+    """Delete the run that ``--overwrite`` moved aside: called once the new run has started."""
+    old = replaced_path(run)
+    if old.is_dir() and (old / MARKER).is_file():
+        shutil.rmtree(old)
+
+
+def _restore_replaced(run: Path) -> None:
+    """Put the run moved aside back in place of a new run that never started."""
+    old = replaced_path(run)
+    if not (old.is_dir() and (old / MARKER).is_file()):
+        return
+    if run.exists():
+        if not (run / MARKER).is_file() or has_started(run):
+            return  # not ours, or the new run has started: the old one is kept aside, not lost
+        shutil.rmtree(run)
+    os.replace(old, run)
+    warnings.warn(f"{run}: the new run stopped before its first checkpoint, so the run it was to replace "
+                  "is back in place", Lm2vWarning)
+
+
+def _recover_interrupted_replace(run: Path) -> None:
+    """A command killed during ``--overwrite`` left the old run aside: if the new run had started it
+    is dropped, else it is put back."""
+    if replaced_path(run).exists():
+        if run.is_dir() and has_started(run):
+            drop_replaced(run)
+        else:
+            _restore_replaced(run)
+
+
+def _replace(run: Path) -> None:
+    """Move the lm2v-made directory ``run`` aside (after checking no command is writing it)."""
+    if not (run / MARKER).is_file():
+        what = "an lm2v run made before run markers existed" if (run / CONFIG).is_file() else "not an lm2v run"
+        raise Lm2vError(f"refusing to overwrite {run}: it has no {MARKER} marker ({what}); "
+                        "move or delete it yourself, or choose another --out")
+    lock = acquire_lock(run)
+    try:
+        os.replace(run, replaced_path(run))
+    except OSError as e:
+        lock.unlink(missing_ok=True)
+        raise Lm2vError(f"cannot move {run} aside to replace it: {e.strerror}") from None
+    (replaced_path(run) / LOCK).unlink(missing_ok=True)
+
+
+def _create(run: Path, kind: str) -> None:
+    run.mkdir(parents=True, exist_ok=True)
+    marker = {"kind": kind, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "pid": os.getpid()}
+    atomic_write_json(run / MARKER, marker)
+
+
+def _claim(run: Path, resume: bool, overwrite: bool, kind: str) -> Path:
+    """Checks and moves of ``open_run``: returns the lock it holds."""
     if resume and overwrite:
         raise Lm2vError("--resume and --overwrite exclude each other")
-    exists = run.exists() and any(run.iterdir()) if run.is_dir() else run.exists()
-    if run.exists() and not run.is_dir():
-        raise Lm2vError(f"run path {run} exists and is not a directory")
+    _recover_interrupted_replace(run)
+    occupied = run.is_dir() and any(run.iterdir())
     if resume:
-        if not (run / "checkpoints" / "last.json").is_file():
-            raise Lm2vError(f"nothing to resume in {run}: no checkpoints/last.json")
-        return run
-    if exists and not overwrite:
-        raise Lm2vError(f"run directory {run} already exists; use --resume to continue it or --overwrite to replace it")
-    if exists:
-        if not (run / MARKER).is_file():
-            raise Lm2vError(f"refusing to overwrite {run}: it does not look like an lm2v run (no {MARKER})")
-        shutil.rmtree(run)
-    run.mkdir(parents=True, exist_ok=True)
-    return run
+        if not is_run_dir(run):
+            raise Lm2vError(f"nothing to resume in {run}: not an lm2v run directory")
+        return acquire_lock(run)
+    if occupied and not overwrite:
+        how = "--resume to continue it or --overwrite" if kind in ("run", "grid") else "--overwrite"
+        raise Lm2vError(f"{kind} directory {run} already exists; use {how} to replace it")
+    if occupied:
+        _replace(run)
+    _create(run, kind)
+    return acquire_lock(run)
+
+
+@contextmanager
+def open_run(path: str | Path, *, resume: bool = False, overwrite: bool = False, inputs: Iterable[str | Path] = (),
+             kind: str = "run", rt=None) -> Iterator[Path]:
+    """The run directory ``path``, safe to write while the block runs.
+
+    Call it after the new run's config, model and data have been validated. It refuses impossible
+    targets (:func:`check_target`), refuses an existing directory unless ``resume`` (an lm2v run) or
+    ``overwrite`` (only a directory lm2v made, holding ``.lm2v-run``), and locks the directory for the
+    block. ``overwrite`` moves the old run aside; it is deleted once the new run has started (its first
+    checkpoint or summary, see :func:`drop_replaced`) and put back if the block fails before that.
+    Under torchrun only the main process (``rt.is_main``) touches the file system; all meet at a barrier.
+    """
+    run = check_target(path, inputs)
+    main = rt is None or rt.is_main
+    lock = _claim(run, resume, overwrite, kind) if main else None
+    if rt is not None:
+        rt.barrier()
+    try:
+        yield run
+    except BaseException:
+        if main:
+            lock.unlink(missing_ok=True)
+            _restore_replaced(run)
+        raise
+    if main:
+        drop_replaced(run)
+        lock.unlink(missing_ok=True)
+
+
+# -- resuming: the same run, on the same data ---------------------------------------------------
+
+DATA_FINGERPRINT = "data.json"  # the dataset's fingerprint, saved when the run starts
+
+
+def is_finished(run: str | Path) -> bool:
+    """Whether the run in ``run`` wrote its summary (``--resume`` then has nothing to do)."""
+    return (Path(run) / "summary.json").is_file()
+
+
+def config_changes(saved: dict, new: dict, prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every dotted key whose value differs between two config dicts."""
+    out = []
+    for key in sorted(set(saved) | set(new)):
+        a, b, name = saved.get(key), new.get(key), f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_changes(a, b, f"{name}.")
+        elif a != b:
+            out.append(f"{name}: {a!r} -> {b!r}")
+    return out
+
+
+def resumed_config(run: str | Path, cls: type = RunConfig, path: str | Path | None = None,
+                   overrides: Sequence[str] = ()) -> Any:
+    """The config ``--resume`` continues with: the run's saved config with the user's file and
+    overrides on top (refused by :func:`check_resume` if they change anything but ``runtime.*``)."""
+    if not is_run_dir(run):
+        raise Lm2vError(f"nothing to resume in {run}: not an lm2v run directory (no {CONFIG})")
+    return load_config(cls, path, overrides, base=to_dict(read_run_config(run, cls)))
+
+
+def check_resume(run: str | Path, cfg: Any) -> Any:
+    """The saved config of ``run`` with ``cfg``'s runtime; refuses, listing them, any difference
+    between ``cfg`` and the saved config outside ``runtime.*`` (the result would no longer be the
+    run's), and a run with no checkpoint to continue from."""
+    run = Path(run)
+    if not is_run_dir(run):
+        raise Lm2vError(f"nothing to resume in {run}: not an lm2v run directory (no {CONFIG})")
+    saved = read_run_config(run, type(cfg))
+    theirs, ours = to_dict(saved), to_dict(cfg)
+    theirs.pop("runtime"), ours.pop("runtime")
+    changes = config_changes(theirs, ours)
+    if changes:
+        raise Lm2vError(f"--resume continues {run} as it was configured, but these settings differ: "
+                        f"{'; '.join(changes)}; drop them, or start a new run (another --out, or --overwrite)")
+    if not (run / "checkpoints" / "last.json").is_file():
+        raise Lm2vError(f"nothing to resume in {run}: it stopped before its first checkpoint; "
+                        "start it again with --overwrite")
+    saved.runtime = cfg.runtime
+    return saved
+
+
+def record_data(run: Path, fp: dict) -> None:
+    """Save the dataset's fingerprint in the run (at its start)."""
+    atomic_write_json(run / DATA_FINGERPRINT, fp)
+
+
+def check_data(run: Path, fp: dict, allow_change: bool) -> None:
+    """Refuse to resume on a dataset whose fingerprint differs from the one saved at the start,
+    unless ``allow_change`` (``runtime.allow_data_change=true``), which warns instead."""
+    path = run / DATA_FINGERPRINT
+    if not path.is_file():
+        return  # a run from before fingerprints: nothing to compare with
+    was = json.loads(path.read_text())
+    if was == fp:
+        return
+    what = (f"{was.get('source')}: {was.get('files')} files, sha256 {str(was.get('sha256'))[:12]} at the start; "
+            f"{fp['source']}: {fp['files']} files, sha256 {fp['sha256'][:12]} now")
+    if not allow_change:
+        raise Lm2vError(f"the dataset changed since {run} started ({what}); resume anyway with "
+                        "runtime.allow_data_change=true, or start a new run")
+    warnings.warn(f"resuming {run} on a changed dataset ({what})", Lm2vWarning)
+
+
+# wall-clock keys of the metrics records: the only ones that differ between a run and its resumed twin
+TIMING_KEYS = ("epoch_time_s", "img_per_s")
 
 
 class MetricsLogger:
@@ -74,8 +312,10 @@ class MetricsLogger:
         """Write ``record`` (numbers, strings); scalars also go to TensorBoard at its epoch."""
         if not self.enabled:
             return
+        line = json.dumps(record, sort_keys=True) + "\n"
         with open(self.path, "a") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
+            fault_point("in_metrics_line", lambda: (f.write(line[: len(line) // 2]), f.flush()))
+            f.write(line)
             f.flush()
         if self.tb is not None:
             step = int(record.get("epoch", 0))
@@ -85,13 +325,52 @@ class MetricsLogger:
                     self.tb.add_scalar(f"{prefix}/{k}", v, step)
             self.tb.flush()
 
+    @staticmethod
+    def read(path: Path) -> list[dict]:
+        """The records of the metrics file ``path``. An unterminated last line that does not parse is
+        what a process killed inside :meth:`log` leaves: it is dropped with one warning. Any other
+        line that does not parse is a one-line :class:`Lm2vError` (the file is damaged)."""
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            raise Lm2vError(f"{path} is damaged (not text); the run's records are lost") from None
+        lines = text.split("\n")  # the last item is "" when the file ends with a newline
+        records = []
+        for i, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                if i < len(lines):
+                    raise Lm2vError(f"{path} line {i} is not JSON ({e}): the file is damaged") from None
+                warnings.warn(f"{path} line {i} is half-written (a process was killed while logging); dropped",
+                              Lm2vWarning)
+        return records
+
+    def epoch_record(self, epoch: int) -> dict:
+        """The record of ``epoch`` (a resume after the last epoch finishes with it)."""
+        found = [r for r in self.read(self.path) if r.get("epoch") == epoch and "event" not in r] \
+            if self.path.is_file() else []
+        if not found:
+            raise Lm2vError(f"{self.path} has no record of epoch {epoch}, the last checkpoint's: the file is damaged")
+        return found[-1]
+
     def truncate_after(self, epoch: int) -> None:
-        """On resume, drop records of epochs after the checkpoint (a crash may have left some)."""
-        if not self.enabled or not self.path.is_file():
+        """On resume, drop records of epochs after the checkpoint (a crash may have left some) and
+        the ``test`` record; refuse, in one line, a file that lacks a record of epochs 1..``epoch``."""
+        if not self.enabled:
             return
-        keep = [l for l in self.path.read_text().splitlines() if l and json.loads(l).get("epoch", 0) <= epoch
-                and json.loads(l).get("event") != "test"]
-        self.path.write_text("".join(l + "\n" for l in keep))
+        records = self.read(self.path) if self.path.is_file() else []
+        keep = [r for r in records if r.get("epoch", 0) <= epoch and r.get("event") != "test"]
+        have = {r.get("epoch") for r in keep if "event" not in r}
+        missing = [e for e in range(1, epoch + 1) if e not in have]
+        if missing:
+            raise Lm2vError(f"{self.path} lacks the records of epochs {missing} before the checkpoint "
+                            f"(epoch {epoch}): the file is damaged; start the run again with --overwrite")
+        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep)
+        if text.encode() != (self.path.read_bytes() if self.path.is_file() else b""):
+            atomic_write_text(self.path, text)
 
     def close(self) -> None:
         if self.tb is not None:
@@ -101,30 +380,24 @@ class MetricsLogger:
 # -- reading -------------------------------------------------------------------------------------
 def is_run_dir(path: str | Path) -> bool:
     """Whether ``path`` is a directory holding a run's ``config.yaml``."""
-    return (Path(path) / MARKER).is_file()
+    return (Path(path) / CONFIG).is_file()
 
 
 def read_run_config(run: str | Path, cls: type = RunConfig) -> Any:
     """The resolved config saved in ``run/config.yaml``, as ``cls`` (dense runs: DetectConfig /
     SegmentConfig)."""
     if not is_run_dir(run):
-        raise Lm2vError(f"{run} is not an lm2v run directory (no {MARKER})")
-    return config_from_dict(cls, yaml.safe_load((Path(run) / MARKER).read_text()))
+        raise Lm2vError(f"{run} is not an lm2v run directory (no {CONFIG})")
+    return config_from_dict(cls, yaml.safe_load((Path(run) / CONFIG).read_text()))
 
 
 def read_metrics(run: str | Path) -> list[dict]:
-    """All records of a run's metrics.jsonl, in order (epochs, then the ``"event": "test"`` record)."""
+    """All records of a run's metrics.jsonl, in order (epochs, then the ``"event": "test"`` record);
+    a half-written last line (a killed run) is dropped with a warning, any other damage refused."""
     path = Path(run) / "metrics.jsonl"
     if not path.is_file():
         raise Lm2vError(f"no metrics.jsonl in {run}")
-    records = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise Lm2vError(f"{path} line {i} is not JSON: {e}") from None
-    return records
+    return MetricsLogger.read(path)
 
 
 def read_summary(run: str | Path) -> dict:

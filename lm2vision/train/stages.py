@@ -12,6 +12,7 @@ import torch
 
 from ..config import save_config
 from ..data import DataConfig, DataSplits, ImageSet, eval_transform, load_imageset_splits, random_labels, save_labels
+from ..data.fingerprint import dataset_source, fingerprint
 from ..errors import Lm2vError
 from ..models import VisionBackbone, apply_trainable, create_backbone, trainable_summary
 from ..utils.io import atomic_write_json
@@ -22,7 +23,8 @@ from .loop import extract_features
 from .phase_hooks import PhaseHooks
 from .probe import train_linear_grid
 from .recipe import check_init_model, stage_seed
-from .rundir import MetricsLogger, build_architecture, prepare_run_dir, read_run_config
+from .rundir import (MetricsLogger, build_architecture, check_data, check_resume, check_target, is_finished, open_run,
+                     read_summary, record_data)
 from .tasks import classification_summary, classification_task
 from .trainer import fit, say as _say
 
@@ -83,44 +85,67 @@ def stage_train_set(cfg: RunConfig, train: ImageSet, run: Path, rt: Runtime) -> 
     return train.with_labels(labels)
 
 
-def _resume_config(run: Path, cfg: RunConfig) -> RunConfig:
-    """A resumed run keeps its saved config; only how it runs now (runtime) may change."""
-    saved = read_run_config(run)
-    saved.runtime = cfg.runtime
-    return saved
+def run_inputs(cfg: RunConfig) -> list[Path]:
+    """What a stage reads that its run directory must never be or hold: the --init run, a local
+    dataset, a local model folder."""
+    paths = [Path(cfg.init)] if cfg.init else []
+    if cfg.data.dataset != "bundled":
+        paths.append(dataset_source(cfg.data))
+    if Path(cfg.model.name).expanduser().exists():
+        paths.append(Path(cfg.model.name))
+    return paths
 
 
 def run_stage(cfg: RunConfig, out: str | Path, resume: bool = False, overwrite: bool = False) -> dict:
-    """Run one stage into the run directory ``out``; returns the summary (also in summary.json)."""
+    """Run one stage into the run directory ``out``; returns the summary (also in summary.json).
+
+    The config, the data and the model are checked and built before ``out`` is touched
+    (:func:`~lm2vision.train.rundir.open_run`). ``resume`` continues an unfinished run from its last
+    checkpoint (``cfg`` may differ from the saved config in ``runtime.*`` only), and on a finished
+    run returns its summary with ``"finished_before": True``, changing nothing.
+    """
     check_run_config(cfg)
+    run = check_target(out, run_inputs(cfg))
+    if resume and is_finished(run):
+        check_resume(run, cfg)
+        return {**read_summary(run), "finished_before": True}
+    if resume:
+        cfg = check_resume(run, cfg)
     rt = setup_runtime(cfg.runtime)
     try:
-        run = _prepare_dir(Path(out), resume, overwrite, rt)
-        if resume:
-            cfg = _resume_config(run, cfg)
         torch.manual_seed(cfg.runtime.seed)
         splits = load_splits(cfg.data, rt)
+        data = fingerprint(cfg.data)
         model = prepare_model(cfg, splits.train.num_classes).to(rt.device)
-        _say(rt, f"[{cfg.stage}] {cfg.model.name} ({'pretrained' if cfg.model.pretrained else 'scratch'}) -> {run}\n"
-                 f"runtime: {rt.device}, {rt.world_size} process(es), amp {rt.amp_dtype or 'off'}\n"
-             f"data: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test, "
-             f"{splits.train.num_classes} classes\n{trainable_summary(model)}")
-        if rt.is_main and not resume:
-            save_config(cfg, run / "config.yaml")
-        train = stage_train_set(cfg, splits.train, run, rt)
-        logger = MetricsLogger(run, cfg.runtime.tensorboard, enabled=rt.is_main)
-        try:
-            if cfg.stage == "probe" and cfg.probe.mode == "linear":
-                summary = _linear_probe(cfg, model, splits, run, rt, logger)
-                if rt.is_main:
-                    atomic_write_json(run / "summary.json", summary)
-            else:
-                summary = _fit(cfg, model, train, splits, run, rt, logger, resume)
-        finally:
-            logger.close()
-        return summary
+        with open_run(run, resume=resume, overwrite=overwrite, inputs=run_inputs(cfg), rt=rt):
+            return _run_in(cfg, run, splits, data, model, resume, rt)
     finally:
         teardown(rt)
+
+
+def _run_in(cfg: RunConfig, run: Path, splits: DataSplits, data: dict, model: VisionBackbone, resume: bool,
+            rt: Runtime) -> dict:
+    """The stage inside its (locked) run directory."""
+    _say(rt, f"[{cfg.stage}] {cfg.model.name} ({'pretrained' if cfg.model.pretrained else 'scratch'}) -> {run}\n"
+             f"runtime: {rt.device}, {rt.world_size} process(es), amp {rt.amp_dtype or 'off'}\n"
+             f"data: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test, "
+             f"{splits.train.num_classes} classes\n{trainable_summary(model)}")
+    if resume:
+        check_data(run, data, cfg.runtime.allow_data_change)
+    elif rt.is_main:
+        save_config(cfg, run / "config.yaml")
+        record_data(run, data)
+    train = stage_train_set(cfg, splits.train, run, rt)
+    logger = MetricsLogger(run, cfg.runtime.tensorboard, enabled=rt.is_main)
+    try:
+        if cfg.stage == "probe" and cfg.probe.mode == "linear":
+            summary = _linear_probe(cfg, model, splits, run, rt, logger)
+            if rt.is_main:
+                atomic_write_json(run / "summary.json", summary)
+            return summary
+        return _fit(cfg, model, train, splits, run, rt, logger, resume)
+    finally:
+        logger.close()
 
 
 def load_splits(dcfg: DataConfig, rt: Runtime) -> DataSplits:
@@ -131,13 +156,6 @@ def load_splits(dcfg: DataConfig, rt: Runtime) -> DataSplits:
     splits = load_imageset_splits(dcfg) if rt.is_main else None
     rt.barrier()
     return splits if splits is not None else load_imageset_splits(dcfg)
-
-
-def _prepare_dir(run: Path, resume: bool, overwrite: bool, rt: Runtime) -> Path:
-    if rt.is_main:
-        prepare_run_dir(run, resume, overwrite)
-    rt.barrier()
-    return run
 
 
 def _fit(cfg: RunConfig, model: VisionBackbone, train: ImageSet, splits: DataSplits, run: Path, rt: Runtime,

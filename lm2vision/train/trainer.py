@@ -6,7 +6,9 @@ loss and evaluation are.
 """
 from __future__ import annotations
 
+import json
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -15,13 +17,14 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from ..config import to_dict
-from ..utils.io import atomic_write_json
-from .checkpoint import load_checkpoint, save_checkpoint, save_full_model, save_tensors, trainable_state
+from ..errors import Lm2vWarning
+from ..utils.io import atomic_write_json, fault_point, remove_orphans
+from .checkpoint import CKPT_DIR, load_checkpoint, save_checkpoint, save_full_model, save_tensors, trainable_state
 from .distributed import Runtime, full_state_dict, unwrap, wrap_model
 from .loop import Schedule, check_finite_loss, train_epoch
 from .optim import build_optimizer, micro_batch_size
 from .phase_hooks import PhaseHooks
-from .rundir import MetricsLogger
+from .rundir import TIMING_KEYS, MetricsLogger
 from .tasks import Task
 
 # hooks(net, resumed phase state or None) -> the phase-aware hooks of the run (classification stage 1)
@@ -43,6 +46,11 @@ def fit(task: Task, cfg, run: Path, rt: Runtime, logger: MetricsLogger, resume: 
     one metrics record per epoch, ``checkpoints/last.*`` after each epoch, then a ``"test"`` record,
     ``model.safetensors`` and ``summary.json``. With ``runtime.stop_after`` it returns
     ``{"stopped": True, "epoch": n}`` after n epochs of this invocation (continue with ``resume``).
+
+    ``resume`` continues from the newest whole checkpoint (see :mod:`lm2vision.train.checkpoint`) a run
+    killed at any point, to the same final files as an uninterrupted run: temporary files of cut writes
+    are removed, records after the checkpoint dropped, and a run killed after its last checkpoint only
+    redoes the final evaluation and writes. A finished run (its summary.json readable) is left as is.
     """
     micro_batch_size(cfg.optim, rt.world_size)  # fail before any work if the batch does not split
     if rt.is_main and not resume:
@@ -53,26 +61,63 @@ def fit(task: Task, cfg, run: Path, rt: Runtime, logger: MetricsLogger, resume: 
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
     start, state = 0, {}
     if resume:
-        state = load_checkpoint(run, unwrap(net), optimizer)
+        done = finished_summary(run)
+        if done is not None:
+            say(rt, f"{run} is finished (summary.json); nothing to resume")
+            return {**done, "finished_before": True}
+        state = _resume(run, net, optimizer, scaler, logger, rt)
         start = state["epoch"]
-        if "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
-        logger.truncate_after(start)
-        say(rt, f"resumed after epoch {start}")
     forward = torch.compile(net) if cfg.runtime.compile else net
     phase = hooks(net, state.get("phase", {}) if resume else None) if hooks else PhaseHooks()
-    last, val = {}, {}
+    last, val = _record_of(logger, start) if start >= cfg.optim.epochs else ({}, {})
     for epoch in range(start, cfg.optim.epochs):
         last, val = _epoch(task, cfg, epoch, net, forward, optimizer, scaler, phase, rt)
         logger.log(last)
         say(rt, epoch_line(last, cfg.optim.epochs))
         check_finite_loss(last["train_loss"], epoch)
+        fault_point("before_checkpoint")
         _checkpoint(run, net, optimizer, scaler, cfg, rt, {"epoch": epoch + 1, "phase": phase.state()})
         stop = cfg.runtime.stop_after
         if stop and epoch + 1 - start >= stop and epoch + 1 < cfg.optim.epochs:
             say(rt, f"stopped after epoch {epoch + 1} (runtime.stop_after); continue with --resume")
             return {"stopped": True, "epoch": epoch + 1}
+    fault_point("after_last_checkpoint")
     return _finish(task, cfg, run, net, forward, rt, logger, last, val)
+
+
+def finished_summary(run: Path) -> dict | None:
+    """The summary of a finished run, or None when ``run/summary.json`` is missing or does not parse
+    (a resume then redoes the final evaluation and writes it again)."""
+    try:
+        summary = json.loads((Path(run) / "summary.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
+def _resume(run: Path, net: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+            logger: MetricsLogger, rt: Runtime) -> dict:
+    """Load the newest whole checkpoint (after clearing temporary files of cut writes) and drop the
+    records logged after it; returns its state."""
+    if rt.is_main:
+        gone = remove_orphans([run, run / CKPT_DIR])
+        if gone:
+            warnings.warn(f"removed {len(gone)} temporary file(s) of writes cut by a kill: "
+                          f"{', '.join(str(p.relative_to(run)) for p in gone)}", Lm2vWarning)
+    rt.barrier()
+    state = load_checkpoint(run, unwrap(net), optimizer)
+    if "scaler" in state:
+        scaler.load_state_dict(state["scaler"])
+    logger.truncate_after(state["epoch"])
+    say(rt, f"resumed after epoch {state['epoch']} ({state['source']})")
+    return state
+
+
+def _record_of(logger: MetricsLogger, epoch: int) -> tuple[dict, dict]:
+    """The last epoch's (record, validation metrics) read back from metrics.jsonl: a run killed after
+    its last checkpoint finishes with exactly the figures it logged."""
+    record = logger.epoch_record(epoch)
+    return record, {k[4:]: v for k, v in record.items() if k.startswith("val_")}
 
 
 def _epoch(task: Task, cfg, epoch: int, net: nn.Module, forward: nn.Module, optimizer: torch.optim.Optimizer,
@@ -92,7 +137,7 @@ def _epoch(task: Task, cfg, epoch: int, net: nn.Module, forward: nn.Module, opti
 
 def epoch_line(record: dict, epochs: int) -> str:
     """One line per epoch: every number of the record, then the throughput."""
-    skip = ("stage", "epoch", "epoch_time_s", "img_per_s")
+    skip = ("stage", "epoch", *TIMING_KEYS)
     nums = "  ".join(f"{k} {v:.4g}" for k, v in record.items()
                      if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool))
     return f"epoch {record['epoch']}/{epochs}  {nums}  {record['img_per_s']:.0f} img/s"
@@ -114,6 +159,7 @@ def _finish(task: Task, cfg, run: Path, net: nn.Module, forward: nn.Module, rt: 
     logger.log({"event": "test", "stage": task.name, "split": task.test_split, "epoch": cfg.optim.epochs,
                 **{f"test_{k}": v for k, v in test.items()}})
     save_final(run, net, rt, cfg.runtime.distributed)
+    fault_point("before_summary")
     summary = task.summary(last, test)
     if rt.is_main:
         atomic_write_json(run / "summary.json", summary)
