@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
-from typing import NoReturn, Sequence
+import threading
+from contextlib import contextmanager
+from typing import Iterator, NoReturn, Sequence
 
 from ..errors import Lm2vError
 
@@ -47,11 +51,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_interrupted(signum: int, frame: object) -> None:
+    sys.stderr.write("lm2v: interrupted\n")
+    sys.stderr.flush()
+    os._exit(130)
+
+
+@contextmanager
+def _exit_on_ctrl_c() -> Iterator[None]:
+    """Ctrl-C exits at once (130) instead of raising: a KeyboardInterrupt inside the import of a C
+    extension (numpy, torch) is swallowed or resurfaces later as an unrelated ImportError."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, _exit_interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``lm2v`` with ``argv``; returns the exit code (0 ok, 2 bad input, 130 interrupted)."""
     prog = "lm2v"
     try:
-        parser = build_parser()
+        with _exit_on_ctrl_c():  # the command modules import torch, transformers, sklearn
+            parser = build_parser()
         try:
             args = parser.parse_args(argv)
         except SystemExit as e:  # --help (0) or a refused command line (2, already printed)

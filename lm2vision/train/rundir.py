@@ -258,7 +258,9 @@ def check_resume(run: str | Path, cfg: Any) -> Any:
         raise Lm2vError(f"nothing to resume in {run}: not an lm2v run directory (no {CONFIG})")
     saved = read_run_config(run, type(cfg))
     theirs, ours = to_dict(saved), to_dict(cfg)
-    theirs.pop("runtime"), ours.pop("runtime")
+    for d in (theirs, ours):  # how it runs may change; the class count is set from the data at the start
+        d.pop("runtime")
+        d.get("model", {}).pop("num_classes", None)
     changes = config_changes(theirs, ours)
     if changes:
         raise Lm2vError(f"--resume continues {run} as it was configured, but these settings differ: "
@@ -330,27 +332,37 @@ class MetricsLogger:
         """The records of the metrics file ``path``. An unterminated last line that does not parse is
         what a process killed inside :meth:`log` leaves: it is dropped with one warning. Any other
         line that does not parse is a one-line :class:`Lm2vError` (the file is damaged)."""
+        records, half = MetricsLogger._parse(path)
+        if half:
+            warnings.warn(f"{path} line {half} is half-written (a process was killed while logging); dropped",
+                          Lm2vWarning)
+        return records
+
+    @staticmethod
+    def _parse(path: Path) -> tuple[list[dict], int | None]:
+        """(records, the number of a half-written last line or None); see :meth:`read`."""
         try:
-            text = path.read_bytes().decode("utf-8")
+            lines = path.read_bytes().decode("utf-8").split("\n")  # last item "": the file ends with a newline
         except UnicodeDecodeError:
-            raise Lm2vError(f"{path} is damaged (not text); the run's records are lost") from None
-        lines = text.split("\n")  # the last item is "" when the file ends with a newline
+            raise Lm2vError(f"{path} is damaged (not text)") from None
         records = []
         for i, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError as e:
-                if i < len(lines):
-                    raise Lm2vError(f"{path} line {i} is not JSON ({e}): the file is damaged") from None
-                warnings.warn(f"{path} line {i} is half-written (a process was killed while logging); dropped",
-                              Lm2vWarning)
-        return records
+                if i == len(lines):
+                    return records, i
+                raise Lm2vError(f"{path} is damaged: line {i} is not JSON ({e})") from None
+            if not isinstance(record, dict):
+                raise Lm2vError(f"{path} is damaged: line {i} is not a record")
+            records.append(record)
+        return records, None
 
     def epoch_record(self, epoch: int) -> dict:
         """The record of ``epoch`` (a resume after the last epoch finishes with it)."""
-        found = [r for r in self.read(self.path) if r.get("epoch") == epoch and "event" not in r] \
+        found = [r for r in self._parse(self.path)[0] if r.get("epoch") == epoch and "event" not in r] \
             if self.path.is_file() else []
         if not found:
             raise Lm2vError(f"{self.path} has no record of epoch {epoch}, the last checkpoint's: the file is damaged")
@@ -361,13 +373,17 @@ class MetricsLogger:
         the ``test`` record; refuse, in one line, a file that lacks a record of epochs 1..``epoch``."""
         if not self.enabled:
             return
-        records = self.read(self.path) if self.path.is_file() else []
+        records, half = self._parse(self.path) if self.path.is_file() else ([], None)
         keep = [r for r in records if r.get("epoch", 0) <= epoch and r.get("event") != "test"]
         have = {r.get("epoch") for r in keep if "event" not in r}
         missing = [e for e in range(1, epoch + 1) if e not in have]
         if missing:
-            raise Lm2vError(f"{self.path} lacks the records of epochs {missing} before the checkpoint "
-                            f"(epoch {epoch}): the file is damaged; start the run again with --overwrite")
+            what = "is damaged: it lacks" if self.path.is_file() else "is missing, with"
+            raise Lm2vError(f"{self.path} {what} the records of epochs {missing} before the checkpoint "
+                            f"(epoch {epoch}); start the run again with --overwrite")
+        if half:  # warned here, after the check: a refusal stays one line
+            warnings.warn(f"{self.path} line {half} is half-written (a process was killed while logging); dropped",
+                          Lm2vWarning)
         text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep)
         if text.encode() != (self.path.read_bytes() if self.path.is_file() else b""):
             atomic_write_text(self.path, text)

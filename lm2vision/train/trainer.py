@@ -24,7 +24,7 @@ from .distributed import Runtime, full_state_dict, unwrap, wrap_model
 from .loop import Schedule, check_finite_loss, train_epoch
 from .optim import build_optimizer, micro_batch_size
 from .phase_hooks import PhaseHooks
-from .rundir import TIMING_KEYS, MetricsLogger
+from .rundir import TIMING_KEYS, MetricsLogger, drop_replaced
 from .tasks import Task
 
 # hooks(net, resumed phase state or None) -> the phase-aware hooks of the run (classification stage 1)
@@ -150,6 +150,7 @@ def _checkpoint(run: Path, net: nn.Module, optimizer: torch.optim.Optimizer, sca
     if rt.is_main:
         extra = {"scaler": scaler.state_dict()} if scaler.is_enabled() else {}
         save_checkpoint(run, unwrap(net), optimizer, {**state, "config": to_dict(cfg), **extra})
+        drop_replaced(run)  # the new run has started: the run --overwrite moved aside can go
 
 
 def _finish(task: Task, cfg, run: Path, net: nn.Module, forward: nn.Module, rt: Runtime, logger: MetricsLogger,

@@ -54,6 +54,8 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
 def atomic_copy(src: Path, dst: Path) -> None:
     """Make ``dst`` a copy of ``src`` atomically: a hard link where the file system has them (no
     bytes copied; a later atomic write of ``src`` replaces its name, not the shared file)."""
+    if Path(dst).exists() and os.path.samefile(src, dst):
+        return  # already linked (a run killed after linking): renaming a link onto itself is a no-op
 
     def _w(tmp: str) -> None:
         os.unlink(tmp)
