@@ -32,8 +32,8 @@ from ..models import apply_trainable, create_backbone, trainable_summary
 from ..train.checkpoint import load_full_model
 from ..train.distributed import Runtime, setup_runtime, teardown
 from ..train.loop import epoch_seed
-from ..train.rundir import (MetricsLogger, check_data, check_resume, check_target, is_finished, load_run_model,
-                            open_run, read_run_config, read_summary, record_data)
+from ..train.rundir import (MetricsLogger, check_data, check_target, load_run_model, open_run, read_run_config,
+                            record_data, resume_state)
 from ..train.trainer import fit, say
 from .config import DetectConfig, SegmentConfig, check_dense_config
 from .datasets import CocoDetection, SegmentationFolder, detection_collate, list_collate, segmentation_pairs
@@ -290,11 +290,9 @@ def run_dense(cfg: DetectConfig | SegmentConfig, out: str | Path, resume: bool =
     # what the directory must not be or hold (a resumed run moves nothing: its synthetic data lives in it)
     inputs = [] if resume else [p for p in (cfg.init, None if prepare else cfg.data.root) if p]
     run = check_target(out, inputs)
-    if resume and is_finished(run):
-        check_resume(run, cfg)
-        return {**read_summary(run), "finished_before": True}
-    if resume:
-        cfg = check_resume(run, cfg)
+    cfg, finished = resume_state(run, cfg, resume)
+    if finished:
+        return finished
     rt = setup_runtime(cfg.runtime)
     try:
         if rt.distributed and cfg.runtime.distributed == "fsdp":

@@ -126,16 +126,17 @@ def _tensor_epoch(path: Path) -> int:
 
 def _read_pair(run: Path, pair: str) -> tuple[dict | None, str, list[str]]:
     """``(state, why not, damaged files)``: the pair's JSON state when both files parse and agree."""
-    paths, found, damaged = pair_paths(run, pair), [], []
+    paths, found, damaged, absent = pair_paths(run, pair), [], [], []
     for path, read in zip(paths, (_tensor_epoch, _state_epoch)):
         if not path.is_file():
+            absent.append(f"{CKPT_DIR}/{path.name} is missing")
             continue
         try:
             found.append(read(path))
         except ValueError as e:
             damaged.append(f"{CKPT_DIR}/{path.name} is damaged ({e})")
     if len(found) < 2:
-        return None, "damaged" if damaged else "missing" if not found else "incomplete", damaged
+        return None, "damaged" if damaged else "missing" if not found else absent[0], damaged
     epoch, state = found
     if epoch != state["epoch"]:
         return None, f"cut mid-write (tensors of epoch {epoch}, state of epoch {state['epoch']})", damaged
@@ -186,7 +187,8 @@ def load_checkpoint(run: Path, model: nn.Module, optimizer: torch.optim.Optimize
     if damaged:
         raise Lm2vError(f"{run}: {'; '.join(damaged)}; no whole previous checkpoint to resume from "
                         f"({CKPT_DIR}/prev.*: {why['prev']}); start the run again with --overwrite")
-    raise Lm2vError(f"no complete checkpoint in {run}/{CKPT_DIR} (last.*: {why['last']}, prev.*: {why['prev']})")
+    raise Lm2vError(f"no complete checkpoint in {run} (last.*: {why['last']}; prev.*: {why['prev']}); "
+                    "start the run again with --overwrite")
 
 
 def _restore(run: Path, source: str, model: nn.Module, optimizer: torch.optim.Optimizer,

@@ -265,11 +265,21 @@ def check_resume(run: str | Path, cfg: Any) -> Any:
     if changes:
         raise Lm2vError(f"--resume continues {run} as it was configured, but these settings differ: "
                         f"{'; '.join(changes)}; drop them, or start a new run (another --out, or --overwrite)")
-    if not (run / "checkpoints" / "last.json").is_file():
+    if not is_finished(run) and not any((run / "checkpoints").glob("*.json")):
         raise Lm2vError(f"nothing to resume in {run}: it stopped before its first checkpoint; "
                         "start it again with --overwrite")
     saved.runtime = cfg.runtime
     return saved
+
+
+def resume_state(run: Path, cfg: Any, resume: bool) -> tuple[Any, dict | None]:
+    """(the config to run, the summary if there is nothing left to do). With ``resume``: the saved
+    config with ``cfg``'s runtime (:func:`check_resume`), and a finished run's summary, marked
+    ``"finished_before"``, so that the command reports it and changes nothing."""
+    if not resume:
+        return cfg, None
+    cfg = check_resume(run, cfg)
+    return cfg, ({**read_summary(run), "finished_before": True} if is_finished(run) else None)
 
 
 def record_data(run: Path, fp: dict) -> None:

@@ -23,8 +23,8 @@ from .loop import extract_features
 from .phase_hooks import PhaseHooks
 from .probe import train_linear_grid
 from .recipe import check_init_model, stage_seed
-from .rundir import (MetricsLogger, build_architecture, check_data, check_resume, check_target, is_finished, open_run,
-                     read_summary, record_data)
+from .rundir import (MetricsLogger, build_architecture, check_data, check_target, open_run, record_data,
+                     resume_state)
 from .tasks import classification_summary, classification_task
 from .trainer import fit, say as _say
 
@@ -106,11 +106,9 @@ def run_stage(cfg: RunConfig, out: str | Path, resume: bool = False, overwrite: 
     """
     check_run_config(cfg)
     run = check_target(out, run_inputs(cfg))
-    if resume and is_finished(run):
-        check_resume(run, cfg)
-        return {**read_summary(run), "finished_before": True}
-    if resume:
-        cfg = check_resume(run, cfg)
+    cfg, finished = resume_state(run, cfg, resume)
+    if finished:
+        return finished
     rt = setup_runtime(cfg.runtime)
     try:
         torch.manual_seed(cfg.runtime.seed)
