@@ -57,6 +57,7 @@ RUN_ARGS = (
 )
 RESUME_ARGS = ("runtime.stop_after=0", "runtime.progress=false", "runtime.tensorboard=false")
 TIMEOUT_S = 300
+MARK = ".lm2v-fault-injection"  # marks a --out directory this script may replace
 
 
 def bridge(run: Path, *flags: str) -> list[str]:
@@ -163,12 +164,16 @@ class Launcher:
         from lm2vision.cli.main import main
 
         shutil.rmtree(work, ignore_errors=True)
-        sink = io.StringIO()
-        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            codes = [main([*bridge(work / "run"), "optim.epochs=1"]),
-                     main(["analyze", str(work / "run"), "--out", str(work / "analysis"), "--no-progress",
-                           "--skip", "landscape,features,alignment,weights"])]
+        sink, threads = io.StringIO(), torch.get_num_threads()
+        torch.set_num_threads(1)  # as the children: a model this small is several times slower on two
+        try:
+            with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                codes = [main([*bridge(work / "run"), "optim.epochs=1"]),
+                         main(["analyze", str(work / "run"), "--out", str(work / "analysis"), "--no-progress",
+                               "--skip", "landscape,features,alignment,weights"])]
+        finally:
+            torch.set_num_threads(threads)
         if codes != [0, 0]:
             raise RuntimeError(f"the warm-up run failed: {sink.getvalue()[-400:]}")
 
@@ -357,16 +362,20 @@ def kill_case(launch: Launcher, root: Path, ref: Path, case: KillCase, fork: boo
 def random_kill_case(launch: Launcher, root: Path, ref: Path, seed: int, span: float, runs: int = 8,
                      fork: bool | None = None) -> Outcome:
     """SIGKILL after ``random.Random(seed).uniform(0, span)`` seconds of holding the run, then
-    ``--resume`` (``--overwrite`` if refused before the first checkpoint), until a command finishes."""
+    ``--resume`` (``--overwrite`` if refused before the first checkpoint), until a command finishes.
+    A fresh run that outruns its delay (runs can be faster than the reference) starts again, so
+    the case kills at least once unless ``runs`` draws all miss."""
     name, run, rng = f"random kill seed {seed}", root / f"random-{seed}", random.Random(seed)
     flags: list[str] = []
     delays = []
     for attempt in range(runs):
         delay = rng.uniform(0, span) if attempt < runs - 1 else None
         res = launch.cli(bridge(run, *flags), kill_after=delay, clock=run / LOCK, tag=f"random{seed}", fork=fork)
-        if res.code == 0:
+        if res.code == 0 and (delays or delay is None):
             return _finish(ref, run, name, "killed at " + ", ".join(delays) + " s" if delays else "never killed")
-        if res.killed:
+        if res.code == 0:
+            flags = ["--overwrite"]
+        elif res.killed:
             delays.append(f"{delay:.2f}")
             flags = ["--resume"]
         elif res.refusal() and "--overwrite" in res.refusal() and flags == ["--resume"]:
@@ -479,11 +488,11 @@ def _command(launch: Launcher, root: Path, run: Path, command: str, tag: str) ->
 # -- the run directories the cases start from -----------------------------------------------------
 
 
-def make_sources(launch: Launcher, root: Path, fork: bool | None = None) -> tuple[dict[str, Path], float]:
-    """The uninterrupted reference run (``finished``), the same stopped after epochs 2 and 1; and the
-    reference's time holding its lock (the span of the random kills)."""
+def make_sources(launch: Launcher, root: Path) -> tuple[dict[str, Path], float]:
+    """The uninterrupted reference run (``finished``), the same stopped after epochs 2 and 1 (all
+    forked); and the reference's time holding its lock (the span of the random kills)."""
     out = {"finished": root / "reference", "stopped": root / "stopped", "first": root / "first"}
-    res = launch.cli(bridge(out["finished"]), clock=out["finished"] / LOCK, tag="reference", fork=fork)
+    res = launch.cli(bridge(out["finished"]), clock=out["finished"] / LOCK, tag="reference", fork=True)
     for key, n in (("stopped", 2), ("first", 1)):
         r = launch.cli([*bridge(out[key]), f"runtime.stop_after={n}"], tag=key, fork=True)
         if r.code != 0:
@@ -496,14 +505,10 @@ def make_sources(launch: Launcher, root: Path, fork: bool | None = None) -> tupl
 def run_all(root: Path, seeds: Sequence[int], fork: bool, per_seed: int, only: str = "") -> list[Outcome]:
     """Every case (those whose name holds ``only``), printed as they finish."""
     launch = Launcher(root / "logs", fork=fork)
-    sources, span = make_sources(launch, root / "sources", fork=True)
-    ref_kill = sources["finished"]
-    if not fork:  # the kills run in fresh interpreters: their reference too
-        ref_kill = root / "sources" / "reference-subprocess"
-        res = launch.cli(bridge(ref_kill), clock=ref_kill / LOCK, tag="reference-subprocess")
-        if res.code != 0:
-            raise RuntimeError(f"the reference run failed: {res.err[-400:]}")
-        span = res.seconds
+    sources, span = make_sources(launch, root / "sources")
+    ref_kill = sources["finished"]  # forked or not, one thread: the same result (checked by the kill cases)
+    if not fork:
+        span *= 2  # a fresh interpreter still has first-call costs after it takes the lock
     jobs: list[tuple[str, Callable[[], Outcome]]] = []
     for case in KILL_CASES:
         jobs.append((f"kill {case.name}", lambda c=case: kill_case(launch, root / "kills", ref_kill, c)))
@@ -537,10 +542,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--only", default="", help="run only the cases whose name contains this text")
     args = p.parse_args(argv)
     root = Path(args.out)
+    if root.exists() and any(root.iterdir()) and not (root / MARK).is_file():
+        print(f"--out {root} exists and was not made by this script (no {MARK}): choose another", file=sys.stderr)
+        return 2
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
-    if args.fork:
-        torch.set_num_threads(1)  # before any parallel op: forked children then never meet a dead pool
+    (root / MARK).write_text("")
+    torch.set_num_threads(1)  # before any parallel op: forked children then never meet a dead pool
     t0 = time.monotonic()
     print(f"| {'case':<58} | {'outcome':<9} | detail |\n|{'-' * 60}|{'-' * 11}|--------|", flush=True)
     outcomes = run_all(root, args.seeds, args.fork, args.per_seed, args.only)

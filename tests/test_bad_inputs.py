@@ -168,24 +168,18 @@ def test_bad_command_line_is_one_line(inputs, capsys, argv, match):
     assert_only_run_changed(changed, "run", validation=argv[:1] != ["phase"])
 
 
-@pytest.mark.xfail(strict=True, reason="lm2vision/cli/analyze.py: compare creates --out (with figures/) before "
-                                       "it reads the run directories")
 def test_compare_missing_run_creates_nothing(inputs, capsys):
     line, changed = refused(["compare", "--out", "run", "/nonexistent"], inputs, capsys)
     assert "/nonexistent is not an lm2v run directory" in line
     assert_only_run_changed(changed, "run", validation=True)
 
 
-@pytest.mark.xfail(strict=True, reason="lm2vision/utils/device.py: resolve_device passes an unknown name to "
-                                       "torch.device, whose RuntimeError is a traceback")
 def test_phase_unknown_device_is_one_line(inputs, capsys):
     line, changed = refused(["phase", "--out", "run", "--vision", "tiny-bert", "--device", "bogus", "--no-progress"],
                             inputs, capsys)
     assert "bogus" in line
 
 
-@pytest.mark.xfail(strict=True, reason="lm2vision/cli/phase.py: the progress bar of the first model is on stderr "
-                                       "before a later model's error, two lines")
 def test_phase_bad_model_with_progress_is_one_line(inputs, capsys):
     line, changed = refused(["phase", "--out", "run", "--vision", "./no/such/dir"], inputs, capsys)
     assert "no such directory" in line

@@ -98,6 +98,9 @@ def run_compare(args: argparse.Namespace) -> int:
     from ..analysis.run import compare_runs
     from ..train.rundir import open_run
 
+    missing = [r for r in args.run_dirs if not (Path(r) / "config.yaml").is_file()]
+    if missing:
+        raise Lm2vError(f"{missing[0]} is not an lm2v run directory (no config.yaml)")
     with open_run(args.out, overwrite=args.overwrite, inputs=args.run_dirs, kind="report") as out:
         (out / "figures").mkdir()
         rows = compare_runs(args.run_dirs, out)

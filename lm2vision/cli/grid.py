@@ -20,9 +20,8 @@ import itertools
 from pathlib import Path
 
 import yaml
-from omegaconf import OmegaConf
 
-from ..config import to_dict
+from ..config import parse_override, to_dict
 from ..errors import Lm2vError
 from ..train import RunConfig, read_run_config, read_summary, run_stage
 from ..train.recipe import probe_of, stage_config
@@ -35,15 +34,12 @@ BRIDGE_ONLY = ("labels.", "trainable.", "phase.")
 
 
 def parse_sweep(items: list[str]) -> dict[str, list]:
-    """``key=[v1,v2]`` (OmegaConf list syntax) -> {key: [v1, v2]}."""
+    """``key=[v1,v2]`` -> {key: [v1, v2]}, values read as the overrides are (YAML 1.2: ``off`` stays a word)."""
     axes: dict[str, list] = {}
     for item in items:
-        key, sep, _ = item.partition("=")
-        if not sep:
+        if "=" not in item:
             raise Lm2vError(f"--sweep must look like key=[v1,v2], got {item!r}")
-        values = OmegaConf.to_container(OmegaConf.from_dotlist([item]))
-        for part in key.split("."):
-            values = values[part]
+        key, values = parse_override(item)
         if not isinstance(values, list) or not values:
             raise Lm2vError(f"--sweep {key} needs a non-empty list like {key}=[a,b]")
         axes[key] = values

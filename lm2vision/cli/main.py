@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from contextlib import contextmanager
 from typing import Iterator, NoReturn, Sequence
 
@@ -71,8 +72,21 @@ def _exit_on_ctrl_c() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings as ``lm2v: warning: ...`` on one line (no source line): they are for the user."""
+    return f"lm2v: warning: {message}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``lm2v`` with ``argv``; returns the exit code (0 ok, 2 bad input, 130 interrupted)."""
+    fmt, warnings.formatwarning = warnings.formatwarning, _one_line_warning
+    try:
+        return _main(argv)
+    finally:
+        warnings.formatwarning = fmt
+
+
+def _main(argv: Sequence[str] | None) -> int:
     prog = "lm2v"
     try:
         with _exit_on_ctrl_c():  # the command modules import torch, transformers, sklearn

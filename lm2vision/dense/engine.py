@@ -285,8 +285,7 @@ def run_dense(cfg: DetectConfig | SegmentConfig, out: str | Path, resume: bool =
     ``prepare(run)`` runs on the main process once the directory exists, before the task is built
     (it writes a synthetic data set into it that ``cfg.data.root`` points at).
     """
-    if prepare is None:
-        check_dense_config(cfg)
+    check_dense_config(cfg)
     # what the directory must not be or hold (a resumed run moves nothing: its synthetic data lives in it)
     inputs = [] if resume else [p for p in (cfg.init, None if prepare else cfg.data.root) if p]
     run = check_target(out, inputs)

@@ -28,6 +28,7 @@ from ..utils.tables import markdown_table
 from .agop import Spectrum, agop, layer_agops, spectrum
 from .alignment import METHODS as ALIGN_METHODS, alignment_score
 from .ntk import NTKConfig, choose_method, empirical_ntk, num_samples
+from ..models.factory import resolve_source
 from .sides import Side, load_language, load_vision, tokenize
 from .similarity import kernel_similarity, phase_label
 
@@ -96,6 +97,8 @@ def check_screen_config(cfg: ScreenConfig) -> None:
                         f"got {cfg.ntk_samples} and {cfg.agop_samples}")
     if "{}" not in cfg.template:
         raise Lm2vError(f"template must contain {{}} for the class name, got {cfg.template!r}")
+    for name in (*cfg.vision, *cfg.language):
+        resolve_source(name)  # a missing local folder is one line now, not after the other models have run
 
 
 # -- paired samples ------------------------------------------------------------------------------

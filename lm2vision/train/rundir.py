@@ -364,9 +364,9 @@ class MetricsLogger:
             except json.JSONDecodeError as e:
                 if i == len(lines):
                     return records, i
-                raise Lm2vError(f"{path} is damaged: line {i} is not JSON ({e})") from None
+                raise Lm2vError(f"{path} line {i} is not JSON ({e}): the file is damaged") from None
             if not isinstance(record, dict):
-                raise Lm2vError(f"{path} is damaged: line {i} is not a record")
+                raise Lm2vError(f"{path} line {i} is not a record: the file is damaged")
             records.append(record)
         return records, None
 

@@ -13,4 +13,9 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise Lm2vError(f"device {name} asked for but no CUDA device is available")
-    return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
+    if name == "cuda":
+        return torch.device("cuda", local_rank)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise Lm2vError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
