@@ -324,6 +324,8 @@ KILL_CASES = (
     KillCase("killed_twice", ("before_checkpoint:3", "replace:metrics.jsonl:1"),
              ("removed 1 temporary file(s)", ": .metrics.jsonl.", "resumed after epoch 2 (checkpoints/last.*)")),
     KillCase("before_first_checkpoint", ("before_checkpoint:1",), restart=True),
+    KillCase("replace_config", ("replace:config.yaml:1",), restart=True),  # the run has its marker, no config
+    KillCase("replace_marker", ("replace:.lm2v-run:1",), restart=True),  # the directory exists, not yet marked
 )
 
 
@@ -347,7 +349,7 @@ def kill_case(launch: Launcher, root: Path, ref: Path, case: KillCase, fork: boo
     if case.restart:
         res = launch.cli(bridge(run, "--resume"), tag=case.name, fork=fork)
         if res.refusal() is None or "--overwrite" not in res.refusal():
-            return _bad(name, "--resume before the first checkpoint was not refused in one line", res)
+            return _bad(name, "--resume before the first checkpoint: no one-line refusal that points to --overwrite", res)
         res = launch.cli(bridge(run, "--overwrite"), tag=case.name, fork=fork)
     else:
         res = launch.cli(bridge(run, "--resume"), tag=case.name, fork=fork)
@@ -367,19 +369,21 @@ def random_kill_case(launch: Launcher, root: Path, ref: Path, seed: int, span: f
     the case kills at least once unless ``runs`` draws all miss."""
     name, run, rng = f"random kill seed {seed}", root / f"random-{seed}", random.Random(seed)
     flags: list[str] = []
-    delays = []
+    delays, restarts = [], []
     for attempt in range(runs):
         delay = rng.uniform(0, span) if attempt < runs - 1 else None
         res = launch.cli(bridge(run, *flags), kill_after=delay, clock=run / LOCK, tag=f"random{seed}", fork=fork)
         if res.code == 0 and (delays or delay is None):
-            return _finish(ref, run, name, "killed at " + ", ".join(delays) + " s" if delays else "never killed")
+            told = f"; --overwrite after: {' | '.join(restarts)}" if restarts else ""
+            return _finish(ref, run, name, ("killed at " + ", ".join(delays) + " s" if delays else "never killed") + told)
         if res.code == 0:
             flags = ["--overwrite"]
         elif res.killed:
             delays.append(f"{delay:.2f}")
             flags = ["--resume"]
-        elif res.refusal() and "--overwrite" in res.refusal() and flags == ["--resume"]:
+        elif res.refusal() and "nothing to resume" in res.refusal() and flags == ["--resume"]:
             flags = ["--overwrite"]  # killed before its first checkpoint: the documented way to start again
+            restarts.append(res.refusal().split("error: ", 1)[-1][:80])
         else:
             return _bad(name, f"command {attempt + 1} ({' '.join(flags) or 'fresh'})", res)
     return Outcome(name, "FAILED", f"not finished after {runs} commands")

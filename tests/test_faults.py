@@ -66,6 +66,12 @@ KNOWN = {
 }
 
 
+KNOWN_KILLS = {  # a kill between the run directory's creation and its config: rundir.open_run / check_resume
+    "replace_config": "--resume of a marked run without config.yaml says 'not an lm2v run directory', not --overwrite",
+    "replace_marker": "a directory killed before its .lm2v-run marker: --resume and --overwrite both refuse it",
+}
+
+
 def _param(case, marks=()):
     reason = KNOWN.get(case)
     marks = [*marks, pytest.mark.xfail(strict=True, reason=reason)] if reason else list(marks)
@@ -89,7 +95,9 @@ def _explain(outcome, suite) -> str:
 # -- kills ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", FI.KILL_CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("case", [
+    pytest.param(c, id=c.name, marks=[pytest.mark.xfail(strict=True, reason=KNOWN_KILLS[c.name])] if c.name in KNOWN_KILLS else [])
+    for c in FI.KILL_CASES])
 def test_a_run_killed_at_a_named_point_resumes_to_the_uninterrupted_result(suite, case):
     o = FI.kill_case(suite.launch, suite.root / "kills", suite.ref, case)
     assert o.status == "recovered", _explain(o, suite)
@@ -228,12 +236,13 @@ def test_damaged_metrics_are_refused_in_one_line(tmp_path, text, match):
 
 def test_orphaned_temporary_files_are_removed_and_nothing_else(tmp_path):
     (tmp_path / "checkpoints").mkdir()
-    orphans = [tmp_path / ".summary.json.a1b2.tmp", tmp_path / "checkpoints" / ".last.json.x9.tmp"]
+    orphans = [tmp_path / ".summary.json.a1b2.tmp", tmp_path / "checkpoints" / ".last.json.x9.tmp",
+               tmp_path / "checkpoints" / ".tmpOmnzTe"]  # the last: safetensors' own temporary file
     keep = [tmp_path / "notes.tmp", tmp_path / ".lm2v-lock", tmp_path / "checkpoints" / "last.json"]
     for p in orphans + keep:
         p.write_text("x")
     assert sorted(lio.remove_orphans([tmp_path, tmp_path / "checkpoints"])) == sorted(orphans)
-    assert [p.exists() for p in orphans + keep] == [False, False, True, True, True]
+    assert [p.exists() for p in orphans + keep] == [False, False, False, True, True, True]
 
 
 def test_fault_point_kills_at_the_nth_call_of_its_name_only(monkeypatch):

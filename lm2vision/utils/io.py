@@ -1,7 +1,7 @@
 """Atomic file writes: a crash never leaves a half-written file under the final name.
 
 A write goes to ``.NAME.<random>.tmp`` in the same folder, then ``os.replace``s it onto ``NAME``; a
-process killed in between leaves only that temporary file, which :func:`remove_orphans` clears (on
+process killed in between leaves only temporary files, which :func:`remove_orphans` clears (on
 ``--resume``). :func:`fault_point` lets the fault-injection tests kill the process at named points.
 """
 from __future__ import annotations
@@ -82,13 +82,18 @@ def atomic_write_json(path: Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True))
 
 
+# temporary files of writes cut by a kill: ours (atomic_write), and safetensors' own (its Rust writer
+# saves through ".tmp" + 6 random characters beside the target, then renames)
+ORPHANS = (".*.tmp", ".tmp??????")
+
+
 def remove_orphans(folders: Iterable[Path]) -> list[Path]:
-    """Delete the temporary files (``.*.tmp``) that a killed :func:`atomic_write` left in ``folders``;
-    returns them. Call it only while no other process writes there (e.g. under the run's lock)."""
+    """Delete the temporary files (:data:`ORPHANS`) that killed writes left in ``folders``; returns
+    them. Call it only while no other process writes there (e.g. under the run's lock)."""
     gone = []
-    for folder in folders:
-        for tmp in sorted(Path(folder).glob(".*.tmp")) if Path(folder).is_dir() else []:
-            if tmp.is_file():
-                tmp.unlink()
-                gone.append(tmp)
+    for folder in (Path(f) for f in folders):
+        found = {p for pattern in ORPHANS for p in folder.glob(pattern)} if folder.is_dir() else set()
+        for tmp in sorted(p for p in found if p.is_file()):
+            tmp.unlink()
+            gone.append(tmp)
     return gone
