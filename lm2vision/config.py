@@ -159,11 +159,14 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
+CONFIG_END = "# end of the lm2v config"  # the last line of a saved config: a file cut short lacks it
+
+
 def save_config(cfg: Any, path: str | Path) -> None:
-    """Write the resolved config as YAML (atomically)."""
+    """Write the resolved config as YAML (atomically), ending with :data:`CONFIG_END`."""
     from .utils.io import atomic_write_text
 
-    atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False) + CONFIG_END + "\n")
 
 
 def config_from_dict(cls: type[T], data: dict) -> T:

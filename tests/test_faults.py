@@ -42,34 +42,10 @@ def _load():
 FI = _load()
 
 # damage cases that fail in code this suite does not own; strict: an XPASS means it was fixed (drop it here)
-_SUMMARY = "resume_state reads a damaged summary.json with read_summary (traceback); trainer.finished_summary"
-_HALF_CONFIG = "read_run_config fills defaults for the keys a cut config.yaml lacks: no error"
-_GARBAGE_CONFIG = "read_run_config: UnicodeDecodeError / YAML error (traceback)"
-_INIT_ANALYZE = "analysis.models.read_tensors: SafetensorError (traceback); checkpoint.load_tensors"
-_INIT_LOAD = "rundir.load_init_weights: SafetensorError (traceback); checkpoint.load_tensors"
-_DATA = "rundir.check_data: json.loads of a damaged data.json (traceback)"
-KNOWN = {
-    ("finished", "summary.json", "half", "resume"): _SUMMARY,
-    ("finished", "summary.json", "garbage", "resume"): _SUMMARY,
-    **{("finished", "config.yaml", "half", c): _HALF_CONFIG for c in ("resume", "probe", "analyze", "load")},
-    ("stopped", "config.yaml", "half", "resume"): _HALF_CONFIG,
-    **{("finished", "config.yaml", "garbage", c): _GARBAGE_CONFIG for c in ("resume", "probe", "analyze", "load")},
-    ("stopped", "config.yaml", "garbage", "resume"): _GARBAGE_CONFIG,
-    ("finished", "init.safetensors", "half", "analyze"): _INIT_ANALYZE,
-    ("finished", "init.safetensors", "garbage", "analyze"): _INIT_ANALYZE,
-    ("finished", "init.safetensors", "half", "load_init"): _INIT_LOAD,
-    ("finished", "init.safetensors", "garbage", "load_init"): _INIT_LOAD,
-    ("stopped", "data.json", "half", "resume"): _DATA,
-    ("stopped", "data.json", "garbage", "resume"): _DATA,
-    ("first", "checkpoints/last.json", "delete", "resume"):
-        "check_resume's 'stopped before its first checkpoint' does not name checkpoints/last.json",
-}
+KNOWN: dict = {}  # damage cases that fail: none left (strict xfail entries go here)
 
 
-KNOWN_KILLS = {  # a kill between the run directory's creation and its config: rundir.open_run / check_resume
-    "replace_config": "--resume of a marked run without config.yaml says 'not an lm2v run directory', not --overwrite",
-    "replace_marker": "a directory killed before its .lm2v-run marker: --resume and --overwrite both refuse it",
-}
+KNOWN_KILLS: dict = {}  # kill cases that fail: none left
 
 
 def _param(case, marks=()):

@@ -270,7 +270,7 @@ def test_resume_without_a_checkpoint_says_to_start_again(tmp_path, capsys):
     with open_run(tmp_path / "r") as run:  # a run killed after writing its config, before its first epoch ended
         save_config(stage_config("bridge", None, ONE_EPOCH), run / "config.yaml")
     assert main(["bridge", "--out", str(run), "--resume"]) == 2
-    one_line_error(capsys, "stopped before its first checkpoint; start it again with --overwrite")
+    one_line_error(capsys, "stopped before its first checkpoint (no checkpoints/last.json); start it again with --overwrite")
 
 
 def test_check_target_accepts_a_fresh_folder_beside_the_inputs(tmp_path, monkeypatch):

@@ -23,12 +23,10 @@ class LoadedRun:
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """A safetensors file as a dict (never pickle)."""
-    from safetensors.torch import load_file
+    """A safetensors file as a dict (never pickle); a missing or damaged file is one line."""
+    from ..train.checkpoint import load_tensors
 
-    if not path.is_file():
-        raise Lm2vError(f"weights file not found: {path}")
-    return load_file(str(path))
+    return load_tensors(path)
 
 
 def load_run(run: str | Path) -> LoadedRun:

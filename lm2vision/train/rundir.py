@@ -22,14 +22,12 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import torch
-import yaml
-from safetensors.torch import load_file
 
-from ..config import config_from_dict, load_config, to_dict
+from ..config import CONFIG_END, config_from_dict, load_config, read_yaml_mapping, to_dict
 from ..errors import Lm2vError, Lm2vWarning
 from ..utils.io import atomic_write_json, atomic_write_text, fault_point
 from ..models import VisionBackbone, create_backbone
-from .checkpoint import load_full_model
+from .checkpoint import has_checkpoint, load_full_model, load_tensors
 from .config import RunConfig
 
 CONFIG = "config.yaml"  # the resolved config: what readers look for
@@ -149,14 +147,22 @@ def _recover_interrupted_replace(run: Path) -> None:
             _restore_replaced(run)
 
 
+def made_by_lm2v(run: Path) -> bool:
+    """Whether lm2v made ``run``: it holds the marker, or nothing but lm2v's own files (a command killed
+    while writing the marker leaves ``.lm2v-run.*.tmp``)."""
+    return (run / MARKER).is_file() or all(p.name.lstrip(".").startswith("lm2v-") for p in run.iterdir())
+
+
 def _replace(run: Path) -> None:
     """Move the lm2v-made directory ``run`` aside (after checking no command is writing it)."""
-    if not (run / MARKER).is_file():
+    if not made_by_lm2v(run):
         what = "an lm2v run made before run markers existed" if (run / CONFIG).is_file() else "not an lm2v run"
         raise Lm2vError(f"refusing to overwrite {run}: it has no {MARKER} marker ({what}); "
                         "move or delete it yourself, or choose another --out")
     lock = acquire_lock(run)
     try:
+        if not (run / MARKER).is_file():  # leftovers of a cut marker write: mark it, so the aside copy is dropped as ours
+            (run / MARKER).touch()
         os.replace(run, replaced_path(run))
     except OSError as e:
         lock.unlink(missing_ok=True)
@@ -223,9 +229,19 @@ def open_run(path: str | Path, *, resume: bool = False, overwrite: bool = False,
 DATA_FINGERPRINT = "data.json"  # the dataset's fingerprint, saved when the run starts
 
 
+def finished_summary(run: str | Path) -> dict | None:
+    """The summary of a finished run, or None when ``run/summary.json`` is missing or does not parse
+    (a resume then redoes the final evaluation and writes it again)."""
+    try:
+        summary = json.loads((Path(run) / "summary.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
 def is_finished(run: str | Path) -> bool:
-    """Whether the run in ``run`` wrote its summary (``--resume`` then has nothing to do)."""
-    return (Path(run) / "summary.json").is_file()
+    """Whether the run in ``run`` wrote a whole summary (``--resume`` then has nothing to do)."""
+    return finished_summary(run) is not None
 
 
 def config_changes(saved: dict, new: dict, prefix: str = "") -> list[str]:
@@ -244,9 +260,18 @@ def resumed_config(run: str | Path, cls: type = RunConfig, path: str | Path | No
                    overrides: Sequence[str] = ()) -> Any:
     """The config ``--resume`` continues with: the run's saved config with the user's file and
     overrides on top (refused by :func:`check_resume` if they change anything but ``runtime.*``)."""
-    if not is_run_dir(run):
-        raise Lm2vError(f"nothing to resume in {run}: not an lm2v run directory (no {CONFIG})")
+    _check_resumable(Path(run))
     return load_config(cls, path, overrides, base=to_dict(read_run_config(run, cls)))
+
+
+def _check_resumable(run: Path) -> None:
+    """Refuse ``--resume`` of a directory that holds no run config, saying what to do instead."""
+    if is_run_dir(run):
+        return
+    if run.is_dir() and made_by_lm2v(run):
+        raise Lm2vError(f"nothing to resume in {run}: it stopped before writing its {CONFIG}; "
+                        "start it again with --overwrite")
+    raise Lm2vError(f"nothing to resume in {run}: not an lm2v run directory (no {CONFIG})")
 
 
 def check_resume(run: str | Path, cfg: Any) -> Any:
@@ -254,8 +279,7 @@ def check_resume(run: str | Path, cfg: Any) -> Any:
     between ``cfg`` and the saved config outside ``runtime.*`` (the result would no longer be the
     run's), and a run with no checkpoint to continue from."""
     run = Path(run)
-    if not is_run_dir(run):
-        raise Lm2vError(f"nothing to resume in {run}: not an lm2v run directory (no {CONFIG})")
+    _check_resumable(run)
     saved = read_run_config(run, type(cfg))
     theirs, ours = to_dict(saved), to_dict(cfg)
     for d in (theirs, ours):  # how it runs may change; the class count is set from the data at the start
@@ -265,8 +289,8 @@ def check_resume(run: str | Path, cfg: Any) -> Any:
     if changes:
         raise Lm2vError(f"--resume continues {run} as it was configured, but these settings differ: "
                         f"{'; '.join(changes)}; drop them, or start a new run (another --out, or --overwrite)")
-    if not is_finished(run) and not any((run / "checkpoints").glob("*.json")):
-        raise Lm2vError(f"nothing to resume in {run}: it stopped before its first checkpoint; "
+    if not is_finished(run) and not has_checkpoint(run):
+        raise Lm2vError(f"nothing to resume in {run}: it stopped before its first checkpoint (no checkpoints/last.json); "
                         "start it again with --overwrite")
     saved.runtime = cfg.runtime
     return saved
@@ -279,7 +303,8 @@ def resume_state(run: Path, cfg: Any, resume: bool) -> tuple[Any, dict | None]:
     if not resume:
         return cfg, None
     cfg = check_resume(run, cfg)
-    return cfg, ({**read_summary(run), "finished_before": True} if is_finished(run) else None)
+    summary = finished_summary(run)
+    return cfg, ({**summary, "finished_before": True} if summary is not None else None)
 
 
 def record_data(run: Path, fp: dict) -> None:
@@ -293,7 +318,13 @@ def check_data(run: Path, fp: dict, allow_change: bool) -> None:
     path = run / DATA_FINGERPRINT
     if not path.is_file():
         return  # a run from before fingerprints: nothing to compare with
-    was = json.loads(path.read_text())
+    try:
+        was = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise Lm2vError(f"{path} is damaged ({e.__class__.__name__}); it records the dataset the run started on: "
+                        "resume with runtime.allow_data_change=true if you know the data is unchanged") from None
+    if not isinstance(was, dict):
+        was = {}
     if was == fp:
         return
     what = (f"{was.get('source')}: {was.get('files')} files, sha256 {str(was.get('sha256'))[:12]} at the start; "
@@ -411,10 +442,14 @@ def is_run_dir(path: str | Path) -> bool:
 
 def read_run_config(run: str | Path, cls: type = RunConfig) -> Any:
     """The resolved config saved in ``run/config.yaml``, as ``cls`` (dense runs: DetectConfig /
-    SegmentConfig)."""
+    SegmentConfig). A file that is not a config, or (in a marked run) one cut short, is an Lm2vError."""
     if not is_run_dir(run):
         raise Lm2vError(f"{run} is not an lm2v run directory (no {CONFIG})")
-    return config_from_dict(cls, yaml.safe_load((Path(run) / CONFIG).read_text()))
+    path = Path(run) / CONFIG
+    data = read_yaml_mapping(path)
+    if (Path(run) / MARKER).is_file() and not path.read_bytes().rstrip().endswith(CONFIG_END.encode()):
+        raise Lm2vError(f"{path} is damaged: it was cut short (no '{CONFIG_END}' line at its end)")
+    return config_from_dict(cls, data)
 
 
 def read_metrics(run: str | Path) -> list[dict]:
@@ -431,7 +466,10 @@ def read_summary(run: str | Path) -> dict:
     path = Path(run) / "summary.json"
     if not path.is_file():
         raise Lm2vError(f"{run} has no summary.json (unfinished run?)")
-    return json.loads(path.read_text())
+    summary = finished_summary(run)
+    if summary is None:
+        raise Lm2vError(f"{path} is damaged (not a JSON mapping); lm2v {{bridge,probe,train}} --resume writes it again")
+    return summary
 
 
 def build_architecture(cfg: RunConfig) -> VisionBackbone:
@@ -461,7 +499,7 @@ def load_init_weights(run: str | Path, model: VisionBackbone) -> None:
         raise Lm2vError(f"{run} has no init.safetensors")
     params = dict(model.named_parameters())
     with torch.no_grad():
-        for name, value in load_file(str(path)).items():
+        for name, value in load_tensors(path).items():
             if name not in params or params[name].shape != value.shape:
                 raise Lm2vError(f"{path}: tensor {name} does not match the model")
             params[name].copy_(value)

@@ -6,7 +6,6 @@ loss and evaluation are.
 """
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from pathlib import Path
@@ -24,7 +23,7 @@ from .distributed import Runtime, full_state_dict, unwrap, wrap_model
 from .loop import Schedule, check_finite_loss, train_epoch
 from .optim import build_optimizer, micro_batch_size
 from .phase_hooks import PhaseHooks
-from .rundir import TIMING_KEYS, MetricsLogger, drop_replaced
+from .rundir import TIMING_KEYS, MetricsLogger, drop_replaced, finished_summary
 from .tasks import Task
 
 # hooks(net, resumed phase state or None) -> the phase-aware hooks of the run (classification stage 1)
@@ -83,16 +82,6 @@ def fit(task: Task, cfg, run: Path, rt: Runtime, logger: MetricsLogger, resume: 
             return {"stopped": True, "epoch": epoch + 1}
     fault_point("after_last_checkpoint")
     return _finish(task, cfg, run, net, forward, rt, logger, last, val)
-
-
-def finished_summary(run: Path) -> dict | None:
-    """The summary of a finished run, or None when ``run/summary.json`` is missing or does not parse
-    (a resume then redoes the final evaluation and writes it again)."""
-    try:
-        summary = json.loads((Path(run) / "summary.json").read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return summary if isinstance(summary, dict) else None
 
 
 def _resume(run: Path, net: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
