@@ -1,21 +1,13 @@
 """Smoke test of benchmarks/throughput.py: the whole script on CPU with the tiniest shape."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
-
+from conftest import load_benchmark
 
 def _load():
-    spec = importlib.util.spec_from_file_location("lm2v_throughput", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("throughput")
 
 
 def _table(out: str) -> list[dict[str, str]]:
@@ -126,13 +118,8 @@ def test_kernel_kinds_of_known_kernel_names():
     assert kind("void at::native::reduce_kernel<128, 4>") == "other"
 
 
-ATTENTION = Path(__file__).resolve().parents[1] / "benchmarks" / "attention.py"
-
-
 def test_attention_script_times_each_backend(capsys, one_thread):
-    spec = importlib.util.spec_from_file_location("lm2v_attention", ATTENTION)
-    att = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(att)
+    att = load_benchmark("attention")
     argv = ["--device", "cpu", "--batch", "2", "--heads", "2", "--tokens", "16", "--head-dim", "8", "--causal",
             "--backends", "math,flash,cudnn", "--reps", "3"]
     assert att.main(argv) == 0

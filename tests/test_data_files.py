@@ -13,6 +13,7 @@ from PIL import Image
 
 from lm2vision.data import read_cifar, read_dataset
 from lm2vision.data.files import FileTree
+from conftest import write_files
 from lm2vision.errors import Lm2vError
 
 
@@ -25,14 +26,6 @@ def _png(value: int) -> bytes:
 def _clean() -> dict[str, bytes]:
     return {f"{s}/{c}/{i}.png": _png(10 * k + i) for s in ("train", "test") for k, c in enumerate(("cat", "dog"))
             for i in range(2)}
-
-
-def _write(root: Path, files: dict[str, bytes]) -> Path:
-    for rel, blob in files.items():
-        p = root / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(blob)
-    return root
 
 
 def _tar_bytes(members: list[tarfile.TarInfo | tuple[str, bytes]]) -> bytes:
@@ -56,7 +49,7 @@ def _warnings_of(fn, *args, **kw) -> tuple[object, list[str]]:
 
 
 def test_clean_folder_reads_without_a_warning(tmp_path):
-    sets, msgs = _warnings_of(read_dataset, _write(tmp_path / "ds", _clean()))
+    sets, msgs = _warnings_of(read_dataset, write_files(tmp_path / "ds", _clean()))
     assert msgs == [] and len(sets["train"]) == 4 and len(sets["test"]) == 4
 
 
@@ -64,7 +57,7 @@ def test_skipped_kinds_are_counted_and_named_in_one_warning(tmp_path):
     files = _clean()
     files.update({"train/cat/notes.txt": b"x", "train/dog/.DS_Store": b"x", ".git/config": b"x",
                   ".git/HEAD": b"x", "train/stray.png": _png(1), "README.md": b"x", "train/bird/about.txt": b"x"})
-    root = _write(tmp_path / "ds", files)
+    root = write_files(tmp_path / "ds", files)
     (root / "train" / "horse").mkdir()  # an empty class folder
     (root / "test" / "cat" / "gone.png").symlink_to(root / "nowhere.png")  # a broken link
     sets, msgs = _warnings_of(read_dataset, root)
@@ -83,7 +76,7 @@ def test_skipped_kinds_are_counted_and_named_in_one_warning(tmp_path):
 def test_warning_names_at_most_three_per_kind(tmp_path):
     files = _clean()
     files.update({f"train/cat/n{i}.txt": b"x" for i in range(5)})
-    _, msgs = _warnings_of(read_dataset, _write(tmp_path / "ds", files))
+    _, msgs = _warnings_of(read_dataset, write_files(tmp_path / "ds", files))
     assert msgs == [f"skipped 5 item(s) of dataset {tmp_path / 'ds'}: non-image files (5): "
                     "train/cat/n0.txt, train/cat/n1.txt, train/cat/n2.txt, ..."]
 
@@ -91,7 +84,7 @@ def test_warning_names_at_most_three_per_kind(tmp_path):
 def test_imagefolder_top_level_files_and_unreadable_image(tmp_path, monkeypatch):
     files = {f"{c}/{i}.png": _png(i) for c in ("a", "b") for i in range(5)}
     files["labels.csv"] = b"x"
-    root = _write(tmp_path / "flowers", files)
+    root = write_files(tmp_path / "flowers", files)
     real_read = FileTree.read
 
     def read(self, rel):  # one file vanishes between listing and reading
@@ -154,7 +147,7 @@ def test_tiny_imagenet_unknown_class_and_unlisted_val_image_are_named(tmp_path):
     files["val/images/val_1.JPEG"] = _png(3)
     files["val/val_annotations.txt"] = b"val_0.JPEG\tn01\t0\t0\t4\t4\n\n"
     files["test/images/test_0.JPEG"] = _png(4)  # the official unlabelled test split: never read, not a skip
-    root = _write(tmp_path / "tiny", files)
+    root = write_files(tmp_path / "tiny", files)
     sets, msgs = _warnings_of(read_dataset, root)
     assert len(sets["train"]) == 2 and len(sets["test"]) == 1
     assert len(msgs) == 1 and "images of classes missing from wnids.txt (1): train/n99/images/n99_0.JPEG" in msgs[0]
@@ -179,7 +172,7 @@ def test_truncated_cifar_binary_names_the_file(tmp_path):
 
 
 def test_unreadable_folder_is_named(tmp_path, monkeypatch):
-    root = _write(tmp_path / "ds", _clean())
+    root = write_files(tmp_path / "ds", _clean())
     (root / "train" / "cow").mkdir()
     real_scandir = os.scandir
 

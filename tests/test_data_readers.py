@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from lm2vision.data import DataConfig, load_imageset_splits, read_dataset
+from conftest import write_files
 from lm2vision.errors import Lm2vError
 
 CLASSES = ["cat", "dog", "frog"]
@@ -25,14 +26,6 @@ def _png(value: int, size=(8, 8), mode="RGB") -> bytes:
     buf = io.BytesIO()
     (im.convert("L") if mode == "L" else im).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def _write(root: Path, files: dict[str, bytes]) -> Path:
-    for rel, blob in files.items():
-        p = root / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(blob)
-    return root
 
 
 def _folder_files(n_train=4, n_test=2, splits=("train", "test")) -> dict[str, bytes]:
@@ -61,7 +54,7 @@ def _reds(s) -> list[int]:
 
 
 def test_folder_layout_shapes_classes_counts(tmp_path):
-    sets = read_dataset(_write(tmp_path / "ds", _folder_files()))
+    sets = read_dataset(write_files(tmp_path / "ds", _folder_files()))
     assert set(sets) == {"train", "test"}
     assert sets["train"].images.shape == (12, 3, 8, 8) and sets["test"].images.shape == (6, 3, 8, 8)
     assert sets["train"].classes == CLASSES
@@ -77,7 +70,7 @@ def test_folder_layout_shapes_classes_counts(tmp_path):
                                                 (".tar", "w", "./")])
 def test_archive_equals_directory(tmp_path, suffix, mode, prefix):
     files = _folder_files()
-    d = read_dataset(_write(tmp_path / "ds", files))
+    d = read_dataset(write_files(tmp_path / "ds", files))
     a = read_dataset(_tar(tmp_path / f"ds{suffix}", files, prefix, mode))
     for s in ("train", "test"):
         assert torch.equal(d[s].images, a[s].images) and torch.equal(d[s].labels, a[s].labels)
@@ -85,7 +78,7 @@ def test_archive_equals_directory(tmp_path, suffix, mode, prefix):
 
 
 def test_val_split_stratified_disjoint_and_test_untouched(tmp_path):
-    root = _write(tmp_path / "ds", _folder_files(n_train=8))
+    root = write_files(tmp_path / "ds", _folder_files(n_train=8))
     cfg = DataConfig(dataset=str(root), val_fraction=0.25, split_seed=3)
     sp = load_imageset_splits(cfg)
     assert (len(sp.train), len(sp.val), len(sp.test)) == (18, 6, 6)
@@ -101,13 +94,13 @@ def test_val_split_stratified_disjoint_and_test_untouched(tmp_path):
 
 
 def test_shipped_val_folder_is_used(tmp_path):
-    root = _write(tmp_path / "ds", _folder_files(splits=("train", "val", "test")))
+    root = write_files(tmp_path / "ds", _folder_files(splits=("train", "val", "test")))
     sp = load_imageset_splits(DataConfig(dataset=str(root)))
     assert len(sp.train) == 12 and sorted(_reds(sp.val)) == [200, 210, 220]
 
 
 def test_caps_per_class_are_deterministic(tmp_path):
-    root = _write(tmp_path / "ds", _folder_files(n_train=8, n_test=4))
+    root = write_files(tmp_path / "ds", _folder_files(n_train=8, n_test=4))
     cfg = DataConfig(dataset=str(root), val_fraction=0.34, max_train_per_class=3, max_test_per_class=1)
     sp = load_imageset_splits(cfg)  # the cap comes first: 3 per class, then round(0.34 * 3) = 1 to val
     assert torch.bincount(sp.train.labels).tolist() == [2, 2, 2] and torch.bincount(sp.val.labels).tolist() == [1, 1, 1]
@@ -119,7 +112,7 @@ def test_mixed_sizes_resized_to_store_size_and_gray_to_rgb(tmp_path):
     files = _folder_files(n_train=1, n_test=1)
     files["train/cat/big.png"] = _png(50, size=(12, 6))
     files["test/dog/gray.png"] = _png(90, mode="L")
-    sets = read_dataset(_write(tmp_path / "ds", files), store_size=4)
+    sets = read_dataset(write_files(tmp_path / "ds", files), store_size=4)
     assert sets["train"].images.shape == (4, 3, 4, 4) and sets["test"].images.shape == (4, 3, 4, 4)
     gray = sets["test"].images[sets["test"].labels == 1]
     assert any(bool((g[0] == g[1]).all() and (g[1] == g[2]).all()) for g in gray)  # L -> RGB copies
@@ -133,7 +126,7 @@ def test_jpeg_images(tmp_path):
                 buf = io.BytesIO()
                 Image.new("RGB", (8, 8), (120, 60, 30)).save(buf, format="JPEG", quality=95)
                 files[f"{s}/{cls}/{i}.JPG"] = buf.getvalue()
-    sets = read_dataset(_write(tmp_path / "ds", files))
+    sets = read_dataset(write_files(tmp_path / "ds", files))
     assert sets["train"].images.shape == (9, 3, 8, 8)
     assert abs(int(sets["train"].images[0, 0, 4, 4]) - 120) <= 3
 
@@ -143,7 +136,7 @@ def test_corrupt_files_skip_with_one_warning_or_error(tmp_path):
     rng = np.random.default_rng(0)
     files["train/cat/bad1.png"] = rng.integers(0, 256, 300, dtype=np.uint8).tobytes()
     files["test/dog/bad2.jpg"] = b"\xff\xd8\xff" + rng.integers(0, 256, 100, dtype=np.uint8).tobytes()
-    root = _write(tmp_path / "ds", files)
+    root = write_files(tmp_path / "ds", files)
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
         sets = read_dataset(root, on_corrupt="skip")
@@ -161,10 +154,10 @@ def test_missing_empty_and_imageless_datasets(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(Lm2vError, match="empty"):
         read_dataset(tmp_path / "empty")
-    _write(tmp_path / "txt", {"train/cat/a.txt": b"x", "test/cat/b.txt": b"y"})
+    write_files(tmp_path / "txt", {"train/cat/a.txt": b"x", "test/cat/b.txt": b"y"})
     with pytest.raises(Lm2vError, match="no images"), pytest.warns(UserWarning, match="non-image files \\(2\\)"):
         read_dataset(tmp_path / "txt")  # the warning says why there are none
-    _write(tmp_path / "flat", {"notes.txt": b"x"})
+    write_files(tmp_path / "flat", {"notes.txt": b"x"})
     with pytest.raises(Lm2vError, match="no images"), pytest.warns(UserWarning, match="notes.txt"):
         read_dataset(tmp_path / "flat")
     (tmp_path / "x.zip").write_bytes(b"PK")
@@ -173,7 +166,7 @@ def test_missing_empty_and_imageless_datasets(tmp_path):
 
 
 def test_bad_config_values(tmp_path):
-    root = _write(tmp_path / "ds", _folder_files())
+    root = write_files(tmp_path / "ds", _folder_files())
     for kw in ({"val_fraction": 1.0}, {"on_corrupt": "ignore"}, {"format": "coco"}, {"root": "/tmp"}):
         with pytest.raises(Lm2vError):
             load_imageset_splits(DataConfig(dataset=str(root), **kw))
@@ -181,7 +174,7 @@ def test_bad_config_values(tmp_path):
 
 def test_imagefolder_seeded_stratified_split(tmp_path):
     files = {f"{cls}/{i}.png": _png(c * 10 + i) for c, cls in enumerate(CLASSES[:2]) for i in range(5)}
-    root = _write(tmp_path / "flowers", files)
+    root = write_files(tmp_path / "flowers", files)
     a = read_dataset(root, test_fraction=0.4, split_seed=1)
     assert a["train"].classes == ["cat", "dog"]
     assert torch.bincount(a["test"].labels).tolist() == [2, 2] and torch.bincount(a["train"].labels).tolist() == [3, 3]
@@ -216,7 +209,7 @@ def test_tiny_imagenet_layout(tmp_path):
 # ---------------------------------------------------------------- splits that come out unusable
 
 def _splits_error(tmp_path, files, **cfg) -> str:
-    root = _write(tmp_path / "ds", files)
+    root = write_files(tmp_path / "ds", files)
     with pytest.raises(Lm2vError) as e:
         load_imageset_splits(DataConfig(dataset=str(root), **cfg))
     assert "\n" not in str(e.value)

@@ -9,12 +9,10 @@ unit tests of the pieces. ``pytest -m slow``: more random kills, and kills of re
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
 import signal
-import sys
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,23 +21,13 @@ import pytest
 import torch
 import torch.nn as nn
 
+from conftest import load_benchmark
 from lm2vision.errors import Lm2vError, Lm2vWarning
 from lm2vision.train.checkpoint import load_checkpoint, pair_paths, save_checkpoint, save_tensors
 from lm2vision.train.rundir import MetricsLogger, read_metrics
 from lm2vision.utils import io as lio
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "fault_injection.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("lm2v_fault_injection", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-FI = _load()
+FI = load_benchmark("fault_injection")
 
 # damage cases that fail in code this suite does not own; strict: an XPASS means it was fixed (drop it here)
 KNOWN: dict = {}  # damage cases that fail: none left (strict xfail entries go here)

@@ -11,7 +11,6 @@ from lm2vision.errors import Lm2vError
 from lm2vision.models import TINY_CONFIGS
 from lm2vision.train import read_run_config, run_stage
 from lm2vision.train.checkpoint import save_full_model
-from lm2vision.train.config import RunConfig
 from lm2vision.train.distributed import Runtime
 from lm2vision.train.recipe import stage_config
 from lm2vision.train.stages import prepare_model

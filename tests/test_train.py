@@ -8,15 +8,15 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from lm2vision.config import load_config
 from lm2vision.data import DataConfig, load_imageset_splits, load_labels
 from lm2vision.errors import Lm2vError
-from lm2vision.train import (STAGE_PRESETS, ProbeConfig, RunConfig, load_run_model, read_metrics, read_run_config,
+from lm2vision.train import (ProbeConfig, RunConfig, load_run_model, read_metrics, read_run_config,
                              read_summary, run_stage)
 from lm2vision.train.optim import build_optimizer, lr_at
 from lm2vision.train.probe import train_linear_grid
 from reference import kernel_alignment, normalised, per_sample_ntk, run_test_accuracy
 from lm2vision.train.recipe import stage_config
+from lm2vision.train.rundir import TIMING_KEYS
 
 
 def cfg_of(stage: str, overrides: list[str]) -> RunConfig:
@@ -130,7 +130,7 @@ def test_another_test_split_changes_no_weight_and_no_choice(tmp_path, stage):
                   tmp_path / "b")
     wa, wb = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-    untimed = lambda run: [{k: v for k, v in r.items() if k not in ("epoch_time_s", "img_per_s")}  # noqa: E731
+    untimed = lambda run: [{k: v for k, v in r.items() if k not in TIMING_KEYS}  # noqa: E731
                            for r in read_metrics(run) if r.get("event") != "test"]
     assert untimed(tmp_path / "a") == untimed(tmp_path / "b")
     assert {k: v for k, v in a.items() if not k.startswith("test_")} == {k: v for k, v in b.items() if not k.startswith("test_")}
@@ -163,7 +163,7 @@ def test_resume_reaches_the_same_result_as_an_uninterrupted_run(tmp_path, tiny_r
     assert resumed["test_acc"] == full["test_acc"]
     ra = [r for r in read_metrics(tmp_path / "full")]
     rb = [r for r in read_metrics(tmp_path / "part")]
-    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("epoch_time_s", "img_per_s")} for r in rs]
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rs]
     assert strip(ra) == strip(rb)
 
 

@@ -15,17 +15,17 @@ runs and continues unfinished ones from their last checkpoint.
 from __future__ import annotations
 
 import argparse
-import copy
 import itertools
 from pathlib import Path
 
 import yaml
 
-from ..config import parse_override, to_dict
+from ..config import parse_override
 from ..errors import Lm2vError
 from ..train import RunConfig, read_run_config, read_summary, run_stage
 from ..train.recipe import probe_of, stage_config
-from ..train.rundir import open_run
+from ..train.checkpoint import has_checkpoint
+from ..train.rundir import is_finished, is_run_dir, open_run, result_changes
 from ..utils.io import atomic_write_json, atomic_write_text
 from ..utils.tables import markdown_table
 
@@ -159,19 +159,14 @@ def run_or_resume(cfg: RunConfig, run: Path) -> bool:
     """Run ``cfg`` into ``run``: nothing if it finished, resume from its checkpoint if it has one,
     restart it if it stopped before its first checkpoint. A run started with another config is
     refused. True when the run is finished."""
-    if (run / "summary.json").is_file():
+    if is_finished(run):
         return True
-    started = (run / "config.yaml").is_file()
-    if started:
-        saved = read_run_config(run)
-        saved.runtime, saved.model.num_classes = cfg.runtime, cfg.model.num_classes  # how it runs; set from data
-        if to_dict(saved) != to_dict(cfg):
-            raise Lm2vError(f"{run} was started with another config than this grid's cell: "
-                            "rerun the grid with --overwrite (or another --out)")
-    resume = started and (run / "checkpoints" / "last.json").is_file()
-    if resume:
-        cfg = copy.deepcopy(cfg)
-        cfg.model.num_classes = saved.model.num_classes  # set from the data when the run started
+    started = is_run_dir(run)
+    changes = result_changes(read_run_config(run), cfg) if started else []
+    if changes:
+        raise Lm2vError(f"{run} was started with another config than this grid's cell ({'; '.join(changes)}): "
+                        "rerun the grid with --overwrite (or another --out)")
+    resume = started and has_checkpoint(run)
     summary = run_stage(cfg, run, resume=resume, overwrite=started and not resume)
     return not summary.get("stopped")
 

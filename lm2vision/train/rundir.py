@@ -256,6 +256,16 @@ def config_changes(saved: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def result_changes(saved: Any, cfg: Any) -> list[str]:
+    """:func:`config_changes` between two configs of one run, leaving out what does not change its
+    result: ``runtime.*`` (how it runs) and ``model.num_classes`` (set from the data at the start)."""
+    theirs, ours = to_dict(saved), to_dict(cfg)
+    for d in (theirs, ours):
+        d.pop("runtime")
+        d.get("model", {}).pop("num_classes", None)
+    return config_changes(theirs, ours)
+
+
 def resumed_config(run: str | Path, cls: type = RunConfig, path: str | Path | None = None,
                    overrides: Sequence[str] = ()) -> Any:
     """The config ``--resume`` continues with: the run's saved config with the user's file and
@@ -281,11 +291,7 @@ def check_resume(run: str | Path, cfg: Any) -> Any:
     run = Path(run)
     _check_resumable(run)
     saved = read_run_config(run, type(cfg))
-    theirs, ours = to_dict(saved), to_dict(cfg)
-    for d in (theirs, ours):  # how it runs may change; the class count is set from the data at the start
-        d.pop("runtime")
-        d.get("model", {}).pop("num_classes", None)
-    changes = config_changes(theirs, ours)
+    changes = result_changes(saved, cfg)
     if changes:
         raise Lm2vError(f"--resume continues {run} as it was configured, but these settings differ: "
                         f"{'; '.join(changes)}; drop them, or start a new run (another --out, or --overwrite)")

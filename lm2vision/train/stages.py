@@ -105,7 +105,8 @@ def run_stage(cfg: RunConfig, out: str | Path, resume: bool = False, overwrite: 
     run returns its summary with ``"finished_before": True``, changing nothing.
     """
     check_run_config(cfg)
-    run = check_target(out, run_inputs(cfg))
+    inputs = run_inputs(cfg)  # the same for a resumed config, which differs in runtime.* only
+    run = check_target(out, inputs)
     cfg, finished = resume_state(run, cfg, resume)
     if finished:
         return finished
@@ -115,7 +116,7 @@ def run_stage(cfg: RunConfig, out: str | Path, resume: bool = False, overwrite: 
         splits = load_splits(cfg.data, rt)
         data = fingerprint(cfg.data)
         model = prepare_model(cfg, splits.train.num_classes).to(rt.device)
-        with open_run(run, resume=resume, overwrite=overwrite, inputs=run_inputs(cfg), rt=rt):
+        with open_run(run, resume=resume, overwrite=overwrite, inputs=inputs, rt=rt):
             return _run_in(cfg, run, splits, data, model, resume, rt)
     finally:
         teardown(rt)
