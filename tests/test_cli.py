@@ -52,26 +52,30 @@ def test_grid_runs_every_cell_and_prints_one_table(tmp_path, capsys):
     code = main(["grid", "--out", str(tmp_path / "g"), "--sweep", "labels.ratio=[0.0,1.0]",
                  "--sweep", "trainable.blocks=[all,first:1]", *TINY_RUN, "optim.epochs=1", "probe.linear_epochs=2"])
     assert code == 0
-    rows = json.loads((tmp_path / "g" / "summary.json").read_text())
+    rows = [r for r in json.loads((tmp_path / "g" / "summary.json").read_text())["arms"] if r["bridged"]]
     assert len(rows) == 4
     assert {(r["labels.ratio"], r["trainable.blocks"]) for r in rows} == {(0.0, "all"), (0.0, "first:1"),
                                                                          (1.0, "all"), (1.0, "first:1")}
-    assert "| labels.ratio | trainable.blocks |" in capsys.readouterr().out
+    assert "| arm | labels.ratio | trainable.blocks |" in capsys.readouterr().out
 
 
 def test_demo_end_to_end_reduced(tmp_path, capsys):
-    """The main job on MiniLM with a handful of images: four cells, a table and a plot."""
+    """The main job on MiniLM with a handful of images: four arms x two seeds, a table with intervals,
+    a figure, and one verdict line per comparison."""
     code = main(["demo", "--out", str(tmp_path / "d"), "data.max_train_per_class=6", "data.max_test_per_class=3",
                  "data.val_fraction=0.34", "bridge_epochs=1", "batch_size=16", "probe.linear_epochs=3",
-                 "runtime.progress=false", "runtime.tensorboard=false"])
+                 "seeds=[4,5]", "runtime.progress=false", "runtime.tensorboard=false"])
     assert code == 0
     out = capsys.readouterr().out
     for name in ("pretrained_direct", "pretrained_bridged", "scratch_direct", "scratch_bridged"):
         assert name in out
-        assert (tmp_path / "d" / name / "summary.json").is_file()
-    assert (tmp_path / "d" / "curves.png").stat().st_size > 10_000
-    table = (tmp_path / "d" / "results.md").read_text()
-    assert table.count("\n") == 6  # header, rule, four rows
+        for seed in (4, 5):
+            assert (tmp_path / "d" / name / f"seed{seed}" / "probe" / "summary.json").is_file()
+    assert (tmp_path / "d" / "results.png").stat().st_size > 10_000
+    verdicts = [line for line in out.splitlines() if "changes test accuracy by" in line]
+    assert len(verdicts) == 4 and verdicts[0].startswith("- bridging (pretrained) changes test accuracy by")
+    arms = json.loads((tmp_path / "d" / "summary.json").read_text())["arms"]
+    assert [r["seeds"] for r in arms] == [2, 2, 2, 2]
 
 
 def test_diverged_run_stops_with_one_line_and_no_nan_checkpoint(tmp_path, capsys):

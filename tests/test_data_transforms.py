@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lm2vision.data import (DataConfig, apply_crop_params, eval_transform, normalize, preprocess_eval,
-                            sample_crop_params, train_transform)
+from lm2vision.data import (DataConfig, apply_crop_params, augment_batch, eval_transform, normalize, preprocess_eval,
+                            sample_crop_params, seeded_global_rng, train_transform)
 from lm2vision.errors import Lm2vError
 
 
@@ -94,3 +94,19 @@ def test_augment_none_is_eval_and_bad_values():
         train_transform(x, 12, g, DataConfig(interpolation="nearest"))
     with pytest.raises(Lm2vError):
         sample_crop_params(2, g, DataConfig(crop_scale_min=0.0))
+
+
+def test_augment_batch_without_kornia_settings_is_the_crop_or_the_resize():
+    cfg = DataConfig()
+    x = _images(4)
+    params = sample_crop_params(4, torch.Generator().manual_seed(2), cfg)
+    assert torch.equal(augment_batch(x, params, 12, cfg), apply_crop_params(x, params, 12, cfg))
+    assert torch.equal(augment_batch(x, None, 12, cfg), eval_transform(x, 12, cfg))
+
+
+def test_seeded_global_rng_seeds_the_block_and_restores_the_state():
+    before = torch.get_rng_state()
+    with seeded_global_rng(42, torch.device("cpu")):
+        inside = torch.rand(3)
+    assert torch.equal(inside, torch.rand(3, generator=torch.Generator().manual_seed(42)))
+    assert torch.equal(torch.get_rng_state(), before)

@@ -118,8 +118,12 @@ def test_block_selector_parsing_and_errors():
     assert parse_blocks("last:2", 6) == [4, 5]
     assert parse_blocks("5,0,1", 6) == [0, 1, 5]
     assert parse_blocks("none", 6) == []
+    assert parse_blocks("from:5", 6) == [5]  # the authors' older partial training: freeze the first 5
+    assert parse_blocks("from:0", 6) == [0, 1, 2, 3, 4, 5]
     with pytest.raises(Lm2vError, match="asks for 7 blocks but the model has 6"):
         parse_blocks("first:7", 6)
+    with pytest.raises(Lm2vError, match="after the first 6 blocks but the model has 6"):
+        parse_blocks("from:6", 6)  # nothing would train
     with pytest.raises(Lm2vError, match="out of range"):
         parse_blocks("0,6", 6)
     with pytest.raises(Lm2vError, match="bad block selector"):

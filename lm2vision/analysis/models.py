@@ -70,20 +70,62 @@ def reference_backbone(model_cfg, pretrained: bool) -> nn.Module:
     return create_backbone(dataclasses.replace(model_cfg, pretrained=pretrained)).eval()
 
 
-def load_compare_model(spec: str) -> tuple[str, nn.Module]:
+def is_run_dir(spec: str | Path) -> bool:
+    """Whether ``spec`` names an lm2v run directory (it has a ``config.yaml``)."""
+    return (Path(spec) / "config.yaml").is_file()
+
+
+def load_compare_model(spec: str, like=None) -> tuple[str, nn.Module]:
     """``--compare-model``: an lm2vision run directory, a language model (through ``create_backbone``;
-    append ``@scratch`` for a fresh init), or a Hugging Face vision model (``AutoModel``, e.g. a ViT)."""
+    append ``@scratch`` for a fresh init), or a Hugging Face vision model (``AutoModel``, e.g. a ViT).
+
+    ``like``: a ``ModelConfig`` whose image and patch size a backbone built from a name takes (so it
+    reads the same images as that run); None keeps the ``ModelConfig`` defaults.
+    """
     from ..models import ARCH, ModelConfig, create_backbone, load_lm_config
 
-    if (Path(spec) / "config.yaml").is_file():
+    if is_run_dir(spec):
         return f"run:{Path(spec).name}", load_run(spec).model
     name, _, flag = spec.partition("@")
     if flag not in ("", "scratch"):
         raise Lm2vError(f"--compare-model {spec!r}: the only suffix is @scratch")
     config = load_lm_config(name)
     if config.model_type in ARCH:
-        return spec, create_backbone(ModelConfig(name=name, pretrained=flag != "scratch")).eval()
+        geometry = {} if like is None else {"image_size": like.image_size, "patch_size": like.patch_size}
+        return spec, create_backbone(ModelConfig(name=name, pretrained=flag != "scratch", **geometry)).eval()
     return spec, _hf_model(name, config, scratch=flag == "scratch")
+
+
+@dataclass
+class ImageModel:
+    """A compare model that takes images, and how the analysis sample is preprocessed for it."""
+
+    label: str
+    model: nn.Module
+    image_size: int
+    data: object  # lm2vision.data.DataConfig: its normalisation
+
+
+def load_image_model(spec: str, run_cfg) -> ImageModel | None:
+    """``spec`` (as :func:`load_compare_model`) as a model fed with the analysed run's images, or None
+    if it takes none (a Hugging Face text model, which has no patch embedding).
+
+    A run directory sees the images as it was trained (its own image size and normalisation); a
+    backbone built from a name, the analysed run's; a Hugging Face pixel model (a ViT), its config's
+    image size and the analysed run's normalisation (not its processor's).
+    """
+    from ..train.rundir import read_run_config
+
+    label, model = load_compare_model(spec, like=run_cfg.model)
+    if is_run_dir(spec):
+        own = read_run_config(spec)
+        return ImageModel(label, model, own.model.image_size, own.data)
+    if hasattr(model, "forward_features"):
+        return ImageModel(label, model, model.cfg.image_size, run_cfg.data)
+    size = getattr(model.config, "image_size", None)
+    if getattr(model, "main_input_name", None) == "pixel_values" and isinstance(size, int):
+        return ImageModel(label, model, size, run_cfg.data)
+    return None
 
 
 def _hf_model(name: str, config, scratch: bool) -> nn.Module:

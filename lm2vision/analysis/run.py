@@ -2,7 +2,11 @@
 ``compare_runs``: one table and overlaid curves across runs."""
 from __future__ import annotations
 
+import csv
+import io
+import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional
@@ -11,14 +15,15 @@ import torch
 import torch.nn.functional as F
 
 from ..config import bounds, choices, validate
-from ..errors import Lm2vError
+from ..errors import Lm2vError, Lm2vWarning
 from ..train.rundir import read_metrics, read_run_config
 from ..train.loop import extract_features
-from ..utils.io import atomic_write_json
+from ..utils.io import atomic_write_json, atomic_write_text
 from .landscape import DIRECTIONS
 from .report import Section, Table, write_report
 
-PARTS = ("curves", "weights", "landscape", "features", "alignment")
+PARTS = ("curves", "weights", "landscape", "features", "alignment", "layers")
+NEEDS_SAMPLE = {"landscape", "features", "alignment", "layers"}
 
 
 @dataclass
@@ -43,13 +48,16 @@ class AnalyzeConfig:
 
     skip: List[str] = field(default_factory=list, metadata=choices(*PARTS))  # parts not to run
     split: str = field(default="test", metadata=choices("test", "val"))  # where the fixed sample comes from
-    samples: int = field(default=1000, metadata=bounds(ge=10))  # images for features (t-SNE, cluster numbers)
+    samples: int = field(default=1000, metadata=bounds(ge=10))  # images for t-SNE, cluster numbers, layer CKA
     sample_seed: int = 0
     batch_size: int = field(default=128, metadata=bounds(ge=1))
     threshold: float = 1.0  # the authors' outlier |w| > 1
     z_k: float = 6.0  # scale-free outlier |w - mean| > k std
     references: bool = True  # compare weights with the run's LM pretrained and from scratch
     compare_models: List[str] = field(default_factory=list)
+    # layers part: per-layer features pooled by mean over tokens (comparable across families) or by
+    # each model's own pool (the last token of a causal model, which the head reads)
+    layer_pooling: str = field(default="mean", metadata=choices("mean", "model"))
     tsne_seed: int = 42
     sklearn_threads: Optional[int] = 1  # cap for t-SNE / CV (None: no cap); 1 is fastest on a busy CPU
     align_k: int = field(default=10, metadata=bounds(ge=1))
@@ -66,6 +74,7 @@ class Sample:
     x: torch.Tensor  # (N, 3, S, S) normalised float
     y: torch.Tensor  # (N,)
     classes: list[str]
+    raw: torch.Tensor  # (N, 3, H, W) uint8 as stored: other models preprocess it their own way
 
 
 def load_sample(run_cfg, cfg: AnalyzeConfig) -> Sample:
@@ -78,10 +87,10 @@ def load_sample(run_cfg, cfg: AnalyzeConfig) -> Sample:
     index = torch.randperm(len(images), generator=g)[: cfg.samples]
     sub = images.subset(index)
     x = eval_transform(sub.images, run_cfg.model.image_size, run_cfg.data)  # (N, 3, S, S)
-    return Sample(x, sub.labels, list(sub.classes))
+    return Sample(x, sub.labels, list(sub.classes), sub.images)
 
 
-# -- the five parts -------------------------------------------------------------------------
+# -- the six parts --------------------------------------------------------------------------
 
 
 def part_curves(run: Path, run_cfg, out: Path) -> Section:
@@ -203,6 +212,99 @@ def part_alignment(loaded, sample: Sample, cfg: AnalyzeConfig, out: Path, notes:
     return Section("Covariance alignment", text, [fig], [Table("alignment", rows)])
 
 
+def part_layers(loaded, sample: Sample, cfg: AnalyzeConfig, out: Path, notes: list[str]) -> Section:
+    """Linear CKA between every layer of the run and of each compare model that takes images, on the
+    sample; the pairs at matched relative depth (with the mean cosine where widths match)."""
+    from .features import layer_features, layer_names
+    from .models import load_image_model
+
+    feats_a = layer_features(loaded.model, sample.x, cfg.batch_size, cfg.layer_pooling)
+    run = (f"{loaded.path.name} (run)", layer_names(len(feats_a)), feats_a)
+    numbers, skipped, stems = {}, [], set()
+    for spec in cfg.compare_models:
+        cm = load_image_model(spec, loaded.cfg)
+        if cm is None:
+            skipped.append(spec)
+        else:
+            numbers[cm.label] = _compare_layers(run, cm, sample, cfg, out, _unique_stem(cm.label, stems))
+    if skipped:
+        _skip_warning(skipped, notes)
+    atomic_write_json(out / "layers.json", numbers)
+    text = (f"Linear CKA (Kornblith et al. 2019) of the {cfg.layer_pooling}-pooled features of every layer "
+            "(embed = input of the first block; the last is forward_features, after the final norm, for lm2v "
+            "backbones, and hidden_states[-1] for Hugging Face models) of this run (rows) and of each "
+            f"compare model (columns), on the same {len(sample.y)} {cfg.split} images. Matched depth: layer i "
+            "of La against round(i (Lb - 1) / (La - 1)); mean cosine only where widths match, and meaningful "
+            "only for the same architecture (coordinates that correspond).")
+    summary = [_layer_summary(label, n) for label, n in numbers.items()]
+    tables = [Table(f"matched depth: {label}", n["matched"]) for label, n in numbers.items()]
+    figures = [out / "figures" / f"{Path(n['csv']).stem}.png" for n in numbers.values()]
+    return Section("Layer similarity", text, figures, [Table("CKA per compare model", summary), *tables])
+
+
+def _compare_layers(run: tuple, cm, sample: Sample, cfg: AnalyzeConfig, out: Path, stem: str) -> dict:
+    """One compare model against the run's layers ``(label, names, features)``: writes
+    ``layers/<stem>.csv`` and ``figures/<stem>.png``; returns the numbers for ``layers.json``."""
+    from ..data import eval_transform
+    from .cka import cka_matrix, plot_cka
+    from .features import layer_features, layer_names
+
+    label_a, names_a, feats_a = run
+    x = eval_transform(sample.raw, cm.image_size, cm.data)  # (N, 3, S', S') as this model expects
+    feats_b = layer_features(cm.model.to(cfg.device), x, cfg.batch_size, cfg.layer_pooling)
+    names_b = layer_names(len(feats_b))
+    cka = cka_matrix(feats_a, feats_b)  # (La, Lb)
+    _write_cka_csv(out / "layers" / f"{stem}.csv", cka, names_a, names_b)
+    plot_cka(cka, names_a, names_b, label_a, cm.label, out / "figures" / f"{stem}.png")
+    return {"csv": f"layers/{stem}.csv", "layers": names_a, "compare_layers": names_b, "cka": cka.tolist(),
+            "matched": _matched_rows(feats_a, feats_b, cka, names_a, names_b)}
+
+
+def _matched_rows(feats_a, feats_b, cka, names_a, names_b) -> list[dict]:
+    from .cka import matched_layers, mean_cosine
+
+    rows = []
+    for i, j in enumerate(matched_layers(len(feats_a), len(feats_b))):
+        same = feats_a[i].shape[1] == feats_b[j].shape[1]
+        rows.append({"layer": names_a[i], "compare_layer": names_b[j], "cka": float(cka[i, j]),
+                     "cosine": mean_cosine(feats_a[i], feats_b[j]) if same else None})
+    return rows
+
+
+def _layer_summary(label: str, numbers: dict) -> dict:
+    rows, cka = numbers["matched"], numbers["cka"]
+    cosines = [r["cosine"] for r in rows if r["cosine"] is not None]
+    return {"model": label, "run_layers": len(cka), "model_layers": len(cka[0]),
+            "matched_cka_mean": sum(r["cka"] for r in rows) / len(rows), "final_cka": cka[-1][-1],
+            "matched_cosine_mean": sum(cosines) / len(cosines) if cosines else None, "table": numbers["csv"]}
+
+
+def _unique_stem(label: str, taken: set[str]) -> str:
+    """A file name stem for ``label`` (``cka_<label>``, odd characters as ``_``), unique in ``taken``."""
+    stem = "cka_" + (re.sub(r"[^A-Za-z0-9.-]+", "_", label).strip("_.") or "model")
+    k, unique = 1, stem
+    while unique in taken:
+        k += 1
+        unique = f"{stem}_{k}"
+    taken.add(unique)
+    return unique
+
+
+def _write_cka_csv(path: Path, cka: torch.Tensor, names_a: list[str], names_b: list[str]) -> None:
+    """Rows = the run's layers, columns = the compare model's; the first row and column are names."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["layer", *names_b])
+    writer.writerows([name, *(repr(v) for v in row)] for name, row in zip(names_a, cka.tolist()))
+    atomic_write_text(path, buf.getvalue())
+
+
+def _skip_warning(skipped: list[str], notes: list[str]) -> None:
+    message = f"layers: skipped {', '.join(skipped)}: no image input (neither an lm2vision backbone nor a pixel model)"
+    warnings.warn(message, Lm2vWarning, stacklevel=3)
+    notes.append(message)
+
+
 # -- the whole run --------------------------------------------------------------------------
 
 
@@ -215,8 +317,11 @@ def analyze_run(run: str | Path, out: str | Path, cfg: AnalyzeConfig, log: Calla
     loaded = load_run(run)
     loaded.model.to(cfg.device)
     todo = [p for p in PARTS if p not in cfg.skip]
-    sample = load_sample(loaded.cfg, cfg) if {"landscape", "features", "alignment"} & set(todo) else None
     notes: list[str] = []
+    if "layers" in todo and not cfg.compare_models:
+        todo.remove("layers")
+        notes.append("layers: no --compare-model to compare with")
+    sample = load_sample(loaded.cfg, cfg) if NEEDS_SAMPLE & set(todo) else None
     sections, timings = [], {}
     for part in todo:
         log(f"analyze: {part}")
@@ -242,6 +347,8 @@ def _run_part(part, run, loaded, sample, cfg, out, notes) -> Section:
         return part_landscape(loaded, sample, cfg, out)
     if part == "features":
         return part_features(loaded, sample, cfg, out)
+    if part == "layers":
+        return part_layers(loaded, sample, cfg, out, notes)
     return part_alignment(loaded, sample, cfg, out, notes)
 
 

@@ -6,6 +6,7 @@ Examples::
     lm2v analyze runs/bridge --skip landscape --samples 500
     lm2v analyze runs/bridge --grid 21 --directions training landscape.samples=128
     lm2v analyze runs/bridge --compare-model google/vit-base-patch16-224 --compare-model runs/scratch
+    lm2v analyze runs/bridge --compare-model runs/vision_trained --skip landscape,features layer_pooling=model
     lm2v compare runs/ratio_0 runs/ratio_0.15 runs/ratio_0.3 runs/ratio_1 --out runs/ratio_grid
 """
 from __future__ import annotations
@@ -15,38 +16,30 @@ import sys
 from pathlib import Path
 
 from ..errors import Lm2vError
-
-
-class _TrailingOverrides(argparse.ArgumentParser):
-    """Lets ``key=value`` overrides also follow options: with a positional RUN_DIR before them, plain
-    argparse binds the (empty) override list at RUN_DIR and rejects later ``key=value`` words."""
-
-    def parse_known_args(self, args=None, namespace=None):
-        ns, rest = super().parse_known_args(args, namespace)
-        extra = [a for a in rest if "=" in a and not a.startswith("-")]
-        ns.overrides = list(getattr(ns, "overrides", None) or []) + extra
-        return ns, [a for a in rest if a not in extra]
+from .args import allow_trailing_overrides
 
 
 def register(subparsers) -> None:
     """Add the ``analyze`` and ``compare`` sub-commands."""
-    p = subparsers.add_parser("analyze", help="weights, loss landscape, features, covariance alignment, curves -> report")
+    p = subparsers.add_parser("analyze", help="weights, loss landscape, features, covariance alignment, "
+                              "layer CKA, curves -> report")
     p.add_argument("run_dir", help="an lm2v run directory")
     p.add_argument("--out", help="report directory (default RUN_DIR/analysis)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report")
     p.add_argument("--config", help="YAML file with AnalyzeConfig fields")
     p.add_argument("--skip", action="append", default=[], help="part(s) to skip, comma list or repeated: "
-                   "curves, weights, landscape, features, alignment")
-    p.add_argument("--samples", type=int, help="images for t-SNE / cluster numbers (default 1000)")
+                   "curves, weights, landscape, features, alignment, layers")
+    p.add_argument("--samples", type=int, help="images for t-SNE / cluster numbers / layer CKA (default 1000)")
     p.add_argument("--grid", type=int, help="landscape grid side (default 11)")
     p.add_argument("--range", type=float, help="landscape half-range of a and b (default 1.0)")
     p.add_argument("--directions", choices=["random", "filter", "training"], help="landscape directions")
     p.add_argument("--compare-model", action="append", default=[], metavar="NAME_OR_PATH",
-                   help="extra model for the weight comparison (LM name[@scratch], HF vision model, run dir)")
+                   help="extra model for the weight comparison and, if it takes images, the layer CKA "
+                        "(LM name[@scratch], HF vision model, run dir)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", help="key=value overrides of AnalyzeConfig, e.g. landscape.samples=128")
     p.set_defaults(func=run_analyze)
-    p.__class__ = _TrailingOverrides  # same state, one method more
+    allow_trailing_overrides(p)
 
     c = subparsers.add_parser("compare", help="one table and overlaid curves across runs")
     c.add_argument("run_dirs", nargs="+", help="lm2v run directories")

@@ -9,28 +9,36 @@ cell's data, optimiser settings, model and seed, unless ``--probe-mode``, ``--pr
 ``--probe key=value`` say otherwise. Each cell is a bridge run (``NAME/bridge``) and a probe run
 (``NAME/probe``). For every initialisation (the cell's values of axes that are not stage-1-only,
 i.e. not ``labels.*``, ``trainable.*``, ``phase.*``) one unbridged probe (``direct_.../probe``) runs
-on the same config, so the table shows bridged vs direct side by side. ``--resume`` skips finished
-runs and continues unfinished ones from their last checkpoint.
+on the same config, so the table shows bridged vs direct side by side. ``--seeds 0,1,2`` runs every
+cell once per seed (``CELL/seedS/{bridge,probe}``); the summary gives each cell's test accuracy with
+its 95% interval over seeds and every comparison that matters (bridged vs direct, each axis value
+vs the axis's first) as a paired difference with a bootstrap interval over seeds and test images
+and a one-line verdict. ``--resume`` skips finished runs and continues unfinished ones from their
+last checkpoint.
 """
 from __future__ import annotations
 
 import argparse
-import itertools
 from pathlib import Path
 
 import yaml
 
 from ..config import parse_override
 from ..errors import Lm2vError
-from ..train import RunConfig, read_run_config, read_summary, run_stage
-from ..train.recipe import probe_of, stage_config
-from ..train.checkpoint import has_checkpoint
-from ..train.rundir import is_finished, is_run_dir, open_run, result_changes
-from ..utils.io import atomic_write_json, atomic_write_text
-from ..utils.tables import markdown_table
 
-# sweep axes that only change stage 1: cells that differ only in these share one direct probe
-BRIDGE_ONLY = ("labels.", "trainable.", "phase.")
+
+def _recipe(name):
+    from ..data.config import recipe_overrides  # noqa: lazy until the recipes land
+
+    return recipe_overrides(name) if name else []
+from ..experiments import Experiment, Stage2, parse_seeds, run_and_summarize
+from ..experiments.design import check_seed_axes
+from ..experiments.runner import check_configs
+from ..experiments.sweep import sweep_arms, sweep_comparisons
+from ..train import RunConfig
+from ..train.recipe import stage_config
+from ..train.rundir import open_run
+from ..utils.io import atomic_write_text
 
 
 def parse_sweep(items: list[str]) -> dict[str, list]:
@@ -46,22 +54,14 @@ def parse_sweep(items: list[str]) -> dict[str, list]:
     return axes
 
 
-def cell_name(point: dict) -> str:
-    """A directory name for one grid point, e.g. ratio1.0_pretrainedTrue_blocksfirst:2 -> safe chars."""
-    text = "_".join(f"{k.split('.')[-1]}{v}" for k, v in point.items())
-    return "".join(c if c.isalnum() or c in "._-" else "-" for c in text)
-
-
-def direct_point(point: dict) -> dict:
-    """The initialisation of a cell: its values of the axes that also shape an unbridged probe."""
-    return {k: v for k, v in point.items() if not k.startswith(BRIDGE_ONLY)}
-
-
 def register(sub) -> None:
-    p = sub.add_parser("grid", help="sweep bridge settings (label ratio, init, trainable blocks), then stage 2 each")
+    p = sub.add_parser("grid", help="sweep bridge settings (label ratio, init, trainable blocks) x seeds, then stage 2 each")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every cell (both stages)")
     p.add_argument("--sweep", action="append", default=[], metavar="key=[a,b]", help="an axis of the grid")
+    p.add_argument("--seeds", metavar="0,1,2", help="run every cell once per seed (runtime.seed, labels.seed, "
+                   "model.init_seed); the test images stay the same")
     p.add_argument("--config", help="YAML file for every cell (both stages)")
+    p.add_argument("--recipe", help="a named augmentation recipe (cifar, imagenet, none) before the overrides")
     p.add_argument("--probe-mode", default="linear", choices=["reinit", "linear", "finetune"])
     p.add_argument("--probe-epochs", type=int, default=None, help="stage-2 epochs (default: the cell's optim.epochs)")
     p.add_argument("--probe", action="append", default=[], metavar="key=value",
@@ -74,101 +74,46 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def grid_record(args: argparse.Namespace, axes: dict) -> dict:
+def grid_record(args: argparse.Namespace, axes: dict, seeds: list[int] | None) -> dict:
     """What defines a grid (saved as ``config.yaml``; ``--resume`` must match it)."""
     file = yaml.safe_load(Path(args.config).read_text()) if args.config else None
-    return {"axes": axes, "overrides": list(args.overrides), "config": file, "probe_mode": args.probe_mode,
-            "probe_epochs": args.probe_epochs, "probe": list(args.probe), "direct": not args.no_direct}
+    return {"axes": axes, "seeds": seeds, "overrides": list(args.overrides), "recipe": args.recipe, "config": file,
+            "probe_mode": args.probe_mode, "probe_epochs": args.probe_epochs, "probe": list(args.probe),
+            "direct": not args.no_direct}
+
+
+def grid_experiment(args: argparse.Namespace, axes: dict, seeds: list[int] | None) -> Experiment:
+    """The grid as an experiment: its arms, seeds, stage-2 options and comparisons."""
+    check_seed_axes(list(axes) + [o.split("=")[0] for o in args.overrides], seeds)
+    arms = sweep_arms(axes, lambda point: cell_config(args, point), direct=not args.no_direct)
+    return Experiment(arms, seeds, Stage2(args.probe_mode, args.probe_epochs, list(args.probe)),
+                      sweep_comparisons(axes, arms))
 
 
 def run(args: argparse.Namespace) -> int:
     axes = parse_sweep(args.sweep)
     if not axes:
         raise Lm2vError("give at least one --sweep axis, e.g. --sweep labels.ratio=[0,1.0]")
-    out, record = Path(args.out), grid_record(args, axes)
-    points = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
-    cells = {cell_name(p): cell_config(args, p) for p in points}  # every config checked before any run
+    seeds = parse_seeds(args.seeds)
+    out, record = Path(args.out), grid_record(args, axes, seeds)
+    exp = grid_experiment(args, axes, seeds)
+    check_configs(exp, out)  # every config checked before any run
     if args.resume:
         _check_resumable(out, record)
     with open_run(out, resume=args.resume, overwrite=args.overwrite, kind="grid"):
         if not args.resume:
             atomic_write_text(out / "config.yaml", yaml.safe_dump(record, sort_keys=False))
-        return run_grid(args, out, points, cells)
-
-
-def run_grid(args: argparse.Namespace, out: Path, points: list[dict], cells: dict[str, RunConfig]) -> int:
-    """Every cell in turn (finished ones skipped, unfinished ones continued), then the table."""
-    direct: dict[str, dict] = {}
-    rows = []
-    for point in points:
-        name = cell_name(point)
-        result = run_cell(args, out / name, cells[name])
-        if result is None:
-            return _stopped(out / name)
-        row = {**point, **result}
-        if not args.no_direct:
-            dname = "direct_" + (cell_name(direct_point(point)) or "all")
-            if dname not in direct:
-                direct[dname] = run_direct(args, out / dname, cells[name])
-            if direct[dname] is None:
-                return _stopped(out / dname)
-            row["direct test acc"] = direct[dname]["test_acc"]
-            row["bridged - direct"] = row["probe test acc"] - row["direct test acc"]
-        rows.append(row)
-    table = markdown_table(rows)
-    atomic_write_text(out / "summary.md", table + "\n")
-    atomic_write_json(out / "summary.json", rows)
-    print("\n" + table)
+        text = run_and_summarize(exp, out, title="lm2v grid")
+    if text is not None:
+        print("\n" + text)
     return 0
 
 
 def cell_config(args: argparse.Namespace, point: dict) -> RunConfig:
-    """The one config of a cell: defaults, --config, the overrides, then the cell's sweep values."""
-    return stage_config("bridge", args.config, list(args.overrides) + [f"{k}={v}" for k, v in point.items()])
-
-
-def stage2_config(args: argparse.Namespace, cell: RunConfig, init: str | None) -> RunConfig:
-    """The cell's stage 2 (``init=None``: its unbridged twin), with the grid's probe options on top."""
-    return probe_of(cell, init, mode=args.probe_mode, epochs=args.probe_epochs, overrides=args.probe)
-
-
-def run_cell(args: argparse.Namespace, cell_dir: Path, cell: RunConfig) -> dict | None:
-    """Bridge then probe one cell (each skipped if finished, continued if unfinished); None if a
-    stage stopped early (``runtime.stop_after``)."""
-    if not run_or_resume(cell, cell_dir / "bridge"):
-        return None
-    if not run_or_resume(stage2_config(args, cell, str(cell_dir / "bridge")), cell_dir / "probe"):
-        return None
-    b, p = read_summary(cell_dir / "bridge"), read_summary(cell_dir / "probe")
-    return {"bridge train acc": b["train_acc"], "probe val acc": p["val_acc"], "probe test acc": p["test_acc"]}
-
-
-def run_direct(args: argparse.Namespace, direct_dir: Path, cell: RunConfig) -> dict | None:
-    """The unbridged probe of a cell's initialisation (None if it stopped early)."""
-    if not run_or_resume(stage2_config(args, cell, None), direct_dir / "probe"):
-        return None
-    return read_summary(direct_dir / "probe")
-
-
-def _stopped(run: Path) -> int:
-    print(f"grid stopped in {run} (runtime.stop_after); continue with the same command and --resume")
-    return 0
-
-
-def run_or_resume(cfg: RunConfig, run: Path) -> bool:
-    """Run ``cfg`` into ``run``: nothing if it finished, resume from its checkpoint if it has one,
-    restart it if it stopped before its first checkpoint. A run started with another config is
-    refused. True when the run is finished."""
-    if is_finished(run):
-        return True
-    started = is_run_dir(run)
-    changes = result_changes(read_run_config(run), cfg) if started else []
-    if changes:
-        raise Lm2vError(f"{run} was started with another config than this grid's cell ({'; '.join(changes)}): "
-                        "rerun the grid with --overwrite (or another --out)")
-    resume = started and has_checkpoint(run)
-    summary = run_stage(cfg, run, resume=resume, overwrite=started and not resume)
-    return not summary.get("stopped")
+    """The one config of a cell: defaults, --recipe, --config, the overrides, then the cell's sweep values."""
+    recipe = _recipe(args.recipe)
+    return stage_config("bridge", args.config, list(args.overrides) + [f"{k}={v}" for k, v in point.items()],
+                        presets=recipe)
 
 
 def _check_resumable(out: Path, record: dict) -> None:
@@ -176,7 +121,7 @@ def _check_resumable(out: Path, record: dict) -> None:
     if not path.is_file():
         raise Lm2vError(f"nothing to resume in {out}: no grid config.yaml")
     saved = yaml.safe_load(path.read_text())
-    how = lambda rec: {**rec, "overrides": [o for o in rec["overrides"] if not o.startswith("runtime.")]}
+    how = lambda rec: {**rec, "overrides": [o for o in rec.get("overrides", []) if not o.startswith("runtime.")]}
     changed = [k for k in record if how(saved).get(k) != how(record)[k]]  # how it runs may change
     if changed:
         raise Lm2vError(f"--resume: this grid's {', '.join(changed)} differ from {path}; use the same "

@@ -27,6 +27,7 @@ COMMANDS = {
     "probe": "stages",
     "train": "stages",
     "grid": "grid",
+    "reproduce": "reproduce",
     "demo": "demo",
     "analyze": "analyze",
     "compare": "analyze",

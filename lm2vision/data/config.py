@@ -2,12 +2,32 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from ..config import bounds, choices
+from ..errors import Lm2vError
 
 DATASETS = ("bundled", "cifar10", "cifar100")  # or a path to a folder / archive
 FORMATS = ("auto", "folder", "cifar10", "cifar100", "tiny-imagenet", "imagefolder")
+AUTOAUGMENT_POLICIES = ("none", "imagenet", "cifar10", "svhn")  # kornia's AutoAugment policy names
+
+# The method's authors' augmentation recipes, as overrides of the data section; a command's
+# ``--recipe NAME`` puts them before the user's own overrides, so what the user sets wins.
+RECIPES: Dict[str, List[str]] = {
+    "cifar": ["data.augment=crop_flip", "data.crop_scale_min=0.2", "data.interpolation=bicubic", "data.hflip=true",
+              "data.autoaugment=none", "data.random_erasing=0"],
+    "imagenet": ["data.augment=crop_flip", "data.crop_scale_min=0.08", "data.interpolation=bicubic",
+                 "data.hflip=true", "data.autoaugment=imagenet", "data.random_erasing=0.25"],
+    "none": ["data.augment=none", "data.autoaugment=none", "data.random_erasing=0"],
+}
+
+
+def recipe_overrides(name: str) -> List[str]:
+    """The ``data.KEY=VALUE`` overrides of the augmentation recipe ``name`` (:data:`RECIPES`): cifar
+    (CIFAR-10/100), imagenet (Tiny-ImageNet and ImageNet) or none."""
+    if name not in RECIPES:
+        raise Lm2vError(f"unknown augmentation recipe {name!r}; known recipes: {', '.join(RECIPES)}")
+    return list(RECIPES[name])
 
 
 @dataclass
@@ -28,8 +48,17 @@ class DataConfig:
         resized to it, then centre crop); sets whose images share one size keep it.
     on_corrupt: "skip" (one warning with the count) or "error".
     download: fetch the official CIFAR binary archive when it is missing (md5-checked).
-    augment: "crop_flip" (RandomResizedCrop scale [crop_scale_min, 1], ratio 3/4..4/3, + flip) or "none".
+    augment: "crop_flip" (RandomResizedCrop scale [crop_scale_min, 1], ratio 3/4..4/3, + flip if
+        ``hflip``) or "none" (resize only). The geometric part alone: ``autoaugment`` and
+        ``random_erasing`` apply on top of either.
     interpolation: "bicubic" or "bilinear", for the random resized crop.
+    autoaugment: "none" or kornia's AutoAugment policy "imagenet" | "cifar10" | "svhn", a sub-policy
+        drawn per image, on the cropped [0, 1] pixels before normalisation. Needs kornia
+        (``pip install "lm2vision[augment]"``).
+    random_erasing: probability in [0, 1] that an image gets one erased box (area share 0.02..0.33,
+        aspect 0.3..3.3, filled with 0 after normalisation), as timm's RandomErasing; needs kornia.
+        These two are drawn per micro-batch, so unlike the crop they depend on the number of ranks
+        and ``optim.accum_steps`` (see :meth:`lm2vision.train.loop.ClassificationSteps.batches`).
     mean / std: per-channel normalisation of [0, 1] pixels; 0.5/0.5 maps pixels to [-1, 1]
         (the CIFAR-style convention used by the method's authors).
     """
@@ -49,5 +78,7 @@ class DataConfig:
     crop_scale_min: float = field(default=0.2, metadata=bounds(gt=0, le=1))
     hflip: bool = True
     interpolation: str = field(default="bicubic", metadata=choices("bicubic", "bilinear"))
+    autoaugment: str = field(default="none", metadata=choices(*AUTOAUGMENT_POLICIES))
+    random_erasing: float = field(default=0.0, metadata=bounds(ge=0, le=1))
     mean: List[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: List[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])

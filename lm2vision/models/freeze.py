@@ -6,7 +6,7 @@ selection = ((parameters of the chosen blocks, restricted to ``parts``) | (param
 Examples (the paper's and its peers' settings):
 - all blocks (everything): blocks="all",    groups=[patch, pos, embed, final_norm, head]
 - partial, first 2:       blocks="first:2", groups=[patch, pos, embed, final_norm, head]
-- freeze the first 5:     blocks="last:N-5" (or an explicit list)
+- freeze the first 5:     blocks="from:5" (every block after the first 5; "last:N-5" says the same)
 - frozen pretrained (FPT): blocks="none",   groups=[patch, pos, norm, head]
 - stage 2 reinit:         blocks="none",    groups=[patch, head]
 - only the query/key/value of GPT-2 (peft's target_modules): blocks="none", groups=[], include="attn\\.c_attn\\."
@@ -29,7 +29,7 @@ PARTS = ("all", "attn", "mlp", "norm")
 class TrainableSpec:
     """Which parameters train in a stage."""
 
-    blocks: str = "all"  # all | none | first:K | last:K | comma list of indices, e.g. "0,1,5"
+    blocks: str = "all"  # all | none | first:K | last:K | from:K (all but the first K) | comma list, e.g. "0,1,5"
     parts: list[str] = field(default_factory=lambda: ["all"])  # within chosen blocks: all | attn | mlp | norm
     groups: list[str] = field(default_factory=lambda: ["patch", "pos", "embed", "final_norm", "head"])  # added groups
     include: Optional[str] = None  # regex (re.search on parameter names): these train too
@@ -43,18 +43,20 @@ def parse_blocks(blocks: str, num_blocks: int) -> list[int]:
         return list(range(num_blocks))
     if text in ("none", ""):
         return []
-    if text.startswith(("first:", "last:")):
+    if text.startswith(("first:", "last:", "from:")):
         which, _, k = text.partition(":")
         if not k.isdigit():
             raise Lm2vError(f"bad block selector {blocks!r}: expected {which}:K with K an integer")
         k = int(k)
-        if k > num_blocks:
-            raise Lm2vError(f"{which}:{k} asks for {k} blocks but the model has {num_blocks}")
-        return list(range(k)) if which == "first" else list(range(num_blocks - k, num_blocks))
+        if k > num_blocks or (which == "from" and k >= num_blocks):
+            raise Lm2vError(f"{which}:{k} asks for {'blocks after the first ' if which == 'from' else ''}{k} "
+                            f"blocks but the model has {num_blocks}")
+        return {"first": list(range(k)), "last": list(range(num_blocks - k, num_blocks)),
+                "from": list(range(k, num_blocks))}[which]
     try:
         idx = sorted({int(t) for t in text.split(",")})
     except ValueError:
-        raise Lm2vError(f"bad block selector {blocks!r}: use all, none, first:K, last:K or a list like 0,1,5") from None
+        raise Lm2vError(f"bad block selector {blocks!r}: use all, none, first:K, last:K, from:K or a list like 0,1,5") from None
     bad = [i for i in idx if not 0 <= i < num_blocks]
     if bad:
         raise Lm2vError(f"block index {bad[0]} out of range: the model has {num_blocks} blocks (0..{num_blocks - 1})")

@@ -13,6 +13,7 @@ import torch
 
 from ..config import bounds, choices, length, validate
 from ..data.config import DataConfig
+from ..data.transforms import check_augment
 from ..errors import Lm2vError
 from ..models import ModelConfig, TrainableSpec
 
@@ -69,6 +70,9 @@ class RuntimeConfig:
     progress: bool = True
     tensorboard: bool = True
     allow_data_change: bool = False  # --resume on a dataset whose fingerprint changed (warns instead of refusing)
+    # also test after every epoch, to show the authors' figure (best test accuracy over epochs) beside the
+    # final-epoch one; it is never used to select anything (the final model is the last epoch's)
+    test_each_epoch: bool = False
 
 
 @dataclass
@@ -156,6 +160,7 @@ def check_run_config(cfg: RunConfig) -> None:
     """One-line errors for settings that cannot run: the declared choices and bounds
     (:func:`lm2vision.config.validate`), then the rules that tie fields together."""
     validate(cfg)
+    check_augment(cfg.data)  # kornia for AutoAugment / random erasing, before the run directory exists
     check_optim(cfg.optim)
     check_device(cfg.runtime.device)
     if cfg.data.root and cfg.data.dataset not in ("cifar10", "cifar100"):

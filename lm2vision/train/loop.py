@@ -16,9 +16,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..data import DataConfig, ImageSet, apply_crop_params, epoch_batches, eval_batches, eval_transform
+from ..data import DataConfig, ImageSet, augment_batch, check_augment, epoch_batches, eval_batches, eval_transform
 from ..data.loader import num_batches
-from ..data.transforms import sample_crop_params
+from ..data.transforms import kornia_settings, sample_crop_params
 from ..errors import Lm2vError
 from .config import OptimConfig
 from .distributed import Runtime
@@ -81,7 +81,8 @@ def epoch_plan(n: int, epoch: int, seed: int, batch_size: int, dcfg: DataConfig,
     the device in one copy each, so the steps need no host-to-device traffic.
 
     Both are pure functions of (seed, epoch); the crop parameters are drawn for the global batch and
-    sliced, so every rank's images are augmented exactly as in a single process.
+    sliced, so every rank's images are cropped and flipped exactly as in a single process (kornia's
+    AutoAugment and random erasing are not: see :meth:`ClassificationSteps.batches`).
     """
     local = batch_size // rt.world_size
     batches = list(epoch_batches(n, batch_size, epoch, seed, rank=rt.rank, world_size=rt.world_size))
@@ -98,7 +99,8 @@ def epoch_plan(n: int, epoch: int, seed: int, batch_size: int, dcfg: DataConfig,
 class ClassificationSteps:
     """The training steps of image classification on a :class:`DeviceSet`: which micro-batches an
     epoch has, and the loss of one. Batches and crops come from :func:`epoch_plan`, so they are the
-    same for any number of processes and micro-batches."""
+    same for any number of processes and micro-batches (AutoAugment and random erasing are not, see
+    :meth:`batches`)."""
 
     data: DeviceSet
     dcfg: DataConfig
@@ -108,24 +110,40 @@ class ClassificationSteps:
     label_smoothing: float
     rt: Runtime
 
+    def __post_init__(self) -> None:
+        check_augment(self.dcfg)  # kornia missing: one line now, not at the first batch
+
     @property
     def steps_per_epoch(self) -> int:
         return num_batches(len(self.data), self.batch_size)
 
     def batches(self, epoch: int, accum: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This rank's micro-batches ``(x (m, 3, S, S) float, y (m,))``: each step's slice of the global
-        batch cut into ``accum`` contiguous parts, augmented on the device."""
+        batch cut into ``accum`` contiguous parts, augmented on the device (:func:`augment_batch`).
+
+        The crop and flip are drawn for the global batch, so they do not depend on the number of ranks
+        or micro-batches. AutoAugment and random erasing (kornia) are drawn per micro-batch from
+        :meth:`augment_seed` (run seed, epoch, step, rank, micro-batch): a step always gets the same
+        augmentation, so resumes are exact, but with several ranks or ``accum > 1`` it is not the one a
+        single process would draw, and kornia's draws on an accelerator differ from those on the CPU.
+        """
         aspect = self.data.images.shape[-1] / self.data.images.shape[-2]
         order, params = epoch_plan(len(self.data), epoch, self.seed, self.batch_size, self.dcfg, aspect, self.rt)
         steps, local = order.shape
         order = order.reshape(steps * accum, local // accum)  # (micro-batches, m)
         params = None if params is None else params.reshape(steps * accum, local // accum, 5)
+        seeded = bool(kornia_settings(self.dcfg))
         for i in range(order.shape[0]):
             images, y = self.data.images[order[i]], self.data.labels[order[i]]  # (m, 3, H, W) uint8, (m,)
-            if params is None:
-                yield eval_transform(images, self.image_size, self.dcfg), y
-            else:
-                yield apply_crop_params(images, params[i], self.image_size, self.dcfg), y
+            crop = None if params is None else params[i]  # (m, 5)
+            seed = self.augment_seed(epoch, i // accum, i % accum) if seeded else None
+            yield augment_batch(images, crop, self.image_size, self.dcfg, seed), y
+
+    def augment_seed(self, epoch: int, step: int, micro: int) -> int:
+        """The 63-bit seed of kornia's draws for micro-batch ``micro`` of optimizer step ``step`` (counted
+        within ``epoch``) on this rank: a pure function of (run seed, epoch, step, rank, micro)."""
+        state = np.random.SeedSequence([self.seed, epoch, step, self.rt.rank, micro, 11]).generate_state(2, np.uint32)
+        return (int(state[0]) << 31) ^ int(state[1])
 
     def loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Smoothed cross-entropy, and the sums (loss * m, correct, m) of the epoch's statistics."""
@@ -216,10 +234,15 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: De
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: DeviceSet, image_size: int, dcfg: DataConfig, rt: Runtime,
-             batch_size: int = 256) -> dict:
-    """Loss (no smoothing) and top-1 accuracy over every image of ``data``, summed over ranks."""
+             batch_size: int = 256, predictions: bool = False) -> dict:
+    """Loss (no smoothing) and top-1 accuracy over every image of ``data``, summed over ranks.
+
+    ``predictions``: also return ``"pred"``, the predicted class of every image in ``data``'s order
+    (an int64 CPU tensor, gathered from all ranks).
+    """
     model.eval()
     sums = torch.zeros(3, device=rt.device)
+    pred = torch.zeros(len(data) if predictions else 0, dtype=torch.long, device=rt.device)
     for idx in eval_batches(len(data), batch_size * rt.world_size, rt.rank, rt.world_size):
         # Every rank runs every forward, even on an empty slice: under FSDP a forward is a collective,
         # and a rank that skipped one would hang the others. An empty slice runs image 0 and counts 0.
@@ -232,8 +255,13 @@ def evaluate(model: nn.Module, data: DeviceSet, image_size: int, dcfg: DataConfi
         sums += weight * torch.stack([F.cross_entropy(logits, y, reduction="sum"),
                                       (logits.argmax(-1) == y).sum().float(),
                                       torch.tensor(float(len(y)), device=rt.device)])
+        if predictions and weight:
+            pred[idx] = logits.argmax(-1)
     total = rt.all_reduce_sum(sums).tolist()
-    return {"loss": total[0] / max(total[2], 1), "acc": total[1] / max(total[2], 1)}
+    out = {"loss": total[0] / max(total[2], 1), "acc": total[1] / max(total[2], 1)}
+    if predictions:  # each image is in exactly one rank's slice, the others hold 0 there
+        out["pred"] = rt.all_reduce_sum(pred).cpu()
+    return out
 
 
 @torch.no_grad()  # not inference_mode: stage 2 trains heads on these features, which autograd must save

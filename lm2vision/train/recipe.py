@@ -28,26 +28,28 @@ INIT_MODEL_FIELDS = ("name", "pretrained", "image_size", "patch_size", "position
 
 
 def stage_config(stage: str, path: str | Path | None = None, overrides: Sequence[str] = (),
-                 init: str | None = None) -> RunConfig:
+                 init: str | None = None, presets: Sequence[str] = ()) -> RunConfig:
     """The config of one ``lm2v bridge | probe | train`` command.
 
     With ``init`` (a run directory) the model starts as that run's: its architecture fields are
     kept (an override of one is an error), the rest (dropout, gradient checkpointing, attention
     kernels, ``init_seed``) may be set for this stage. Stage 2's ``trainable`` starts as its mode's
-    default (``PROBE_TRAINABLE``) and honours the user's ``trainable.*``.
+    default (``PROBE_TRAINABLE``) and honours the user's ``trainable.*``. ``presets`` (e.g. a named
+    augmentation recipe, :data:`lm2vision.data.config.RECIPES`) go under the user's file and overrides.
     """
     if stage not in STAGE_PRESETS:
         raise Lm2vError(f"stage must be one of {list(STAGE_PRESETS)}, got {stage!r}")
     overrides = list(overrides) + ([f"init={init}"] if init else [])
     base: dict = {}
-    first = load_config(RunConfig, path, overrides, presets=STAGE_PRESETS[stage])
+    presets = STAGE_PRESETS[stage] + list(presets)
+    first = load_config(RunConfig, path, overrides, presets=presets)
     if first.init:
         base["model"] = init_model(first.init)
     if stage == "probe":
         base["trainable"] = dataclasses.asdict(PROBE_TRAINABLE.get(first.probe.mode, PROBE_TRAINABLE["reinit"]))
     if not base:
         return first
-    cfg = load_config(RunConfig, path, overrides, presets=STAGE_PRESETS[stage], base=base)
+    cfg = load_config(RunConfig, path, overrides, presets=presets, base=base)
     if cfg.init:
         check_init_model(cfg, base["model"])
     return cfg

@@ -6,6 +6,7 @@ Layout of RUN/:
   summary.json       final figures           model.safetensors  full final weights
   init.safetensors   trainable weights at the start (theta_0, for analyses)
   labels.safetensors the training labels used (stage 1)
+  predictions.safetensors  per-image test predictions and labels (classification; paired comparisons)
   checkpoints/last.safetensors + last.json   for --resume          tb/   TensorBoard
 """
 from __future__ import annotations
@@ -27,7 +28,7 @@ from ..config import CONFIG_END, config_from_dict, load_config, read_yaml_mappin
 from ..errors import Lm2vError, Lm2vWarning
 from ..utils.io import atomic_write_json, atomic_write_text, fault_point
 from ..models import VisionBackbone, create_backbone
-from .checkpoint import has_checkpoint, load_full_model, load_tensors
+from .checkpoint import has_checkpoint, load_full_model, load_tensors, save_tensors
 from .config import RunConfig
 
 CONFIG = "config.yaml"  # the resolved config: what readers look for
@@ -476,6 +477,28 @@ def read_summary(run: str | Path) -> dict:
     if summary is None:
         raise Lm2vError(f"{path} is damaged (not a JSON mapping); lm2v {{bridge,probe,train}} --resume writes it again")
     return summary
+
+
+PREDICTIONS = "predictions.safetensors"  # the final model's test predictions, image by image
+
+
+def save_predictions(run: str | Path, pred: torch.Tensor, label: torch.Tensor) -> None:
+    """The final model's class index for every test image, in the test split's order, beside the
+    true labels: what paired comparisons across runs resample (:mod:`lm2vision.stats`)."""
+    save_tensors(Path(run) / PREDICTIONS, {"pred": pred.to(torch.int64), "label": label.to(torch.int64)})
+
+
+def read_predictions(run: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pred, label) of a run's test images, as saved by :func:`save_predictions`; a run without them
+    (written before lm2v saved them, or a dense task) is a one-line error."""
+    path = Path(run) / PREDICTIONS
+    if not path.is_file():
+        raise Lm2vError(f"{run} has no {PREDICTIONS} (a run from an older lm2v, or not a classification "
+                        "run): rerun it to compare it image by image")
+    t = load_tensors(path)
+    if set(t) != {"pred", "label"} or t["pred"].shape != t["label"].shape or t["pred"].dim() != 1:
+        raise Lm2vError(f"{path} is damaged (expected 1-d tensors pred and label of one length)")
+    return t["pred"], t["label"]
 
 
 def build_architecture(cfg: RunConfig) -> VisionBackbone:

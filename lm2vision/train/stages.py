@@ -24,7 +24,7 @@ from .phase_hooks import PhaseHooks
 from .probe import train_linear_grid
 from .recipe import check_init_model, stage_seed
 from .rundir import (MetricsLogger, build_architecture, check_data, check_target, open_run, record_data,
-                     resume_state)
+                     resume_state, save_predictions)
 from .tasks import classification_summary, classification_task
 from .trainer import fit, say as _say
 
@@ -160,7 +160,7 @@ def load_splits(dcfg: DataConfig, rt: Runtime) -> DataSplits:
 def _fit(cfg: RunConfig, model: VisionBackbone, train: ImageSet, splits: DataSplits, run: Path, rt: Runtime,
          logger: MetricsLogger, resume: bool) -> dict:
     """Train the stage through the one trainer (phase-aware hooks for stage 1)."""
-    task = classification_task(cfg, model, train, splits, rt)
+    task = classification_task(cfg, model, train, splits, rt, run)
     return fit(task, cfg, run, rt, logger, resume,
                hooks=lambda net, resumed: PhaseHooks.build(cfg, net, task.data, run, rt, resumed))
 
@@ -178,7 +178,10 @@ def _linear_probe(cfg: RunConfig, model: VisionBackbone, splits: DataSplits, run
                             cfg.probe, cfg.runtime.seed)
     for h in res.history:
         logger.log({"stage": "probe", "epoch": h["epoch"] + 1, **{f"val_acc_lr{lr:g}": a for lr, a in zip(res.val_acc, h["val_acc"])}})
-    test_acc = float((res.predict(feats["test"]) == labels["test"]).float().mean())
+    test_pred = res.predict(feats["test"])
+    test_acc = float((test_pred == labels["test"]).float().mean())
+    if rt.is_main:
+        save_predictions(run, test_pred, labels["test"])
     logger.log({"event": "test", "stage": "probe", "epoch": cfg.probe.linear_epochs, "test_acc": test_acc,
                 "best_lr": res.best_lr})
     _say(rt, "linear probe val acc by lr: " + ", ".join(f"{lr:g}: {a:.3f}" for lr, a in res.val_acc.items())

@@ -6,6 +6,7 @@ accumulation, checkpoints, resume, divergence stop, ``stop_after``, torchrun) is
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator, Protocol
 
 import torch
@@ -16,6 +17,7 @@ from ..errors import Lm2vError
 from .config import RunConfig
 from .distributed import Runtime
 from .loop import ClassificationSteps, DeviceSet, evaluate
+from .rundir import save_predictions
 
 
 class Task(Protocol):
@@ -61,25 +63,32 @@ class ClassificationTask(ClassificationSteps):
     eval_every: int = 1
     test_split: str = "test"
     test_is_val: bool = False
+    run: Path | None = None  # where the final test predictions go (predictions.safetensors)
+    test_pred: torch.Tensor | None = None  # the latest test evaluation's predictions
 
     def evaluate(self, model: nn.Module, split: str) -> dict:
         data = self.val if split == "val" else self.test
-        return evaluate(model, data, self.image_size, self.dcfg, self.rt, self.cfg.runtime.eval_batch_size)
+        out = evaluate(model, data, self.image_size, self.dcfg, self.rt, self.cfg.runtime.eval_batch_size,
+                       predictions=split == "test")
+        self.test_pred = out.pop("pred", self.test_pred)
+        return out
 
     def summary(self, last: dict, test: dict) -> dict:
+        if self.run is not None and self.rt.is_main and self.test_pred is not None:
+            save_predictions(self.run, self.test_pred, self.test.labels)
         return classification_summary(self.cfg, self.model, last, test)
 
 
 def classification_task(cfg: RunConfig, model: nn.Module, train: ImageSet, splits: DataSplits,
-                        rt: Runtime) -> ClassificationTask:
+                        rt: Runtime, run: Path | None = None) -> ClassificationTask:
     """The stage's task: ``train`` (its labels already chosen) on the device, ``splits.val`` and
-    ``splits.test`` for evaluation."""
+    ``splits.test`` for evaluation; the final test predictions are saved in ``run``."""
     dtrain, dval, dtest = (DeviceSet.of(s, rt.device) for s in (train, splits.val, splits.test))
     if len(dtrain) < cfg.optim.batch_size:
         raise Lm2vError(f"batch size {cfg.optim.batch_size} exceeds the {len(dtrain)} training images")
     return ClassificationTask(dtrain, cfg.data, cfg.model.image_size, cfg.runtime.seed, cfg.optim.batch_size,
                               cfg.optim.label_smoothing, rt, name=cfg.stage, model=model, val=dval, test=dtest,
-                              cfg=cfg)
+                              cfg=cfg, run=run)
 
 
 def classification_summary(cfg: RunConfig, model: nn.Module, last: dict, test: dict) -> dict:

@@ -1,0 +1,158 @@
+"""An experiment's answer with its uncertainty, read back from its run directories.
+
+Per arm: the final-epoch test accuracy over seeds (mean, standard deviation, 95% t-interval). Per
+comparison: the paired difference in test accuracy with a bootstrap interval over seeds and test
+images (:func:`lm2vision.stats.paired_bootstrap`) and a plain-language verdict. Per claim:
+supported / contradicted / inconclusive (:func:`lm2vision.stats.claim_status`). The best test
+accuracy over epochs (the authors' way of reporting, present when ``runtime.test_each_epoch`` was
+on) is shown beside the final-epoch figure, labelled, and never used to select anything.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import Lm2vError, Lm2vWarning
+from ..stats import claim_status, paired_bootstrap, seed_summary, verdict
+from ..train.rundir import read_predictions, read_summary
+from ..utils.io import atomic_write_json, atomic_write_text
+from ..utils.tables import markdown_table
+from .design import Arm, Comparison, Experiment, seed_dir
+
+AUTHORS_COLUMN = "best-epoch test acc (authors' reporting; not used to select)"
+
+
+@dataclass
+class ArmResult:
+    """One arm's finished runs: per-seed summaries and the (seeds, test images) correctness matrix."""
+
+    arm: Arm
+    probe: list[dict]  # stage-2 summary.json per seed
+    bridge: list[dict | None]  # stage-1 summary.json per seed (None: a direct arm)
+    correct: np.ndarray  # (S, N): 1.0 where seed s classified test image i correctly
+    labels: torch.Tensor  # (N,) the test labels, the same for every seed
+    seeds: list | None = None  # the seed of each row (runtime.seed), when known
+
+
+def collect(exp: Experiment, out: Path) -> dict[str, ArmResult]:
+    """Read every arm's finished runs (in the order of ``exp.seed_list()``)."""
+    results = {}
+    for arm in exp.arms:
+        probe, bridge, rows, labels = [], [], [], None
+        for seed in exp.seed_list():
+            where = seed_dir(out, arm, seed)
+            probe.append(read_summary(where / "probe"))
+            bridge.append(read_summary(where / "bridge") if arm.bridged else None)
+            pred, label = read_predictions(where / "probe")
+            if labels is not None and not torch.equal(labels, label):
+                raise Lm2vError(f"{where / 'probe'} was tested on other images than seed "
+                                f"{exp.seed_list()[0]} of {arm.name}: the test split must not depend on the seed")
+            labels = label
+            rows.append((pred == label).numpy().astype(np.float64))
+        results[arm.name] = ArmResult(arm, probe, bridge, np.stack(rows), labels, exp.seed_list())
+    return results
+
+
+def arm_rows(results: dict[str, ArmResult], level: float = 0.95) -> list[dict]:
+    """One row per arm: its coordinates, then test accuracy over seeds with its interval."""
+    rows = []
+    for name, r in results.items():
+        acc = seed_summary([s["test_acc"] for s in r.probe], level)
+        row = {"arm": name, **r.arm.point, "bridged": r.arm.bridged, "seeds": acc["n"], "test acc": acc["mean"],
+               "std": acc["std"], "ci low": acc["ci_low"], "ci high": acc["ci_high"],
+               "val acc": _mean(s.get("val_acc") for s in r.probe)}
+        if r.arm.bridged:
+            row["bridge train acc"] = _mean(b.get("train_acc") for b in r.bridge)
+        best = [s.get("test_acc_best_epoch") for s in r.probe]
+        if all(b is not None for b in best):
+            row[AUTHORS_COLUMN] = float(np.mean(best))
+        rows.append(row)
+    return rows
+
+
+def _mean(values) -> float | None:
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def paired_effect(results: dict[str, ArmResult], c: Comparison, n_boot: int, level: float):
+    """The paired bootstrap interval of arm a minus arm b, or None (with a warning) when the two arms
+    were not tested on the same images."""
+    a, b = results[c.a], results[c.b]
+    if a.correct.shape != b.correct.shape or not torch.equal(a.labels, b.labels):
+        warnings.warn(f"comparison {c.subject!r} skipped: {c.a} and {c.b} were tested on different images", Lm2vWarning)
+        return None
+    return paired_bootstrap(a.correct, b.correct, n_boot=n_boot, level=level, seed=0)
+
+
+def comparison_rows(exp: Experiment, results: dict[str, ArmResult], n_boot: int = 2000,
+                    level: float = 0.95) -> list[dict]:
+    """One row per comparison: effect in points, its interval, and the verdict line."""
+    rows = []
+    for c in exp.comparisons:
+        iv = paired_effect(results, c, n_boot, level)
+        if iv is not None:
+            rows.append({"comparison": c.subject, "a": c.a, "b": c.b, **points(iv), "verdict": verdict(c.subject, iv)})
+    return rows
+
+
+def claim_rows(exp: Experiment, results: dict[str, ArmResult], n_boot: int = 2000, level: float = 0.95) -> list[dict]:
+    """One row per claim: the measured effect, its interval and supported / contradicted / inconclusive."""
+    rows = []
+    for claim in exp.claims:
+        iv = paired_effect(results, claim.comparison, n_boot, level)
+        if iv is None:
+            continue
+        test = f"within +-{100 * claim.margin:.1f} points" if claim.kind == "match" else f"{claim.kind} (CI excludes 0)"
+        rows.append({"claim": claim.text, "a": claim.comparison.a, "b": claim.comparison.b, "test": test,
+                     **points(iv), "status": claim_status(iv, claim.kind, claim.margin)})
+    return rows
+
+
+def points(iv) -> dict:
+    """An interval's JSON/table columns, in percentage points."""
+    return {"effect (points)": 100 * iv.estimate, "ci low": 100 * iv.low, "ci high": 100 * iv.high,
+            "seeds": iv.n_seeds, "images": iv.n_images}
+
+
+def pivot(rows: list[dict], row_axis: str, col_axis: str) -> list[dict]:
+    """The paper-style table: ``row_axis`` down, ``col_axis`` across, "mean ± std (n)" in each cell."""
+    table: dict = {}
+    for r in rows:
+        if row_axis in r and col_axis in r:
+            cell = f"{100 * r['test acc']:.1f} ± {100 * r['std']:.1f} (n={r['seeds']})"
+            table.setdefault(r[row_axis], {row_axis: r[row_axis]})[f"{col_axis}={r[col_axis]}"] = cell
+    return list(table.values())
+
+
+def write_summary(out: Path, exp: Experiment, results: dict[str, ArmResult], *, title: str,
+                  paper_table: tuple[str, str] | None = None, x_axis: str | None = None,
+                  n_boot: int = 2000, level: float = 0.95) -> str:
+    """``summary.json``, ``summary.md`` and ``results.png`` in ``out``; returns the text to print."""
+    from .plots import plot_arms
+
+    arms = arm_rows(results, level)
+    comps = comparison_rows(exp, results, n_boot, level)
+    claims = claim_rows(exp, results, n_boot, level)
+    per_seed = {n: {"seeds": exp.seed_list(), "test_acc": [s["test_acc"] for s in r.probe]} for n, r in results.items()}
+    atomic_write_json(out / "summary.json", {"level": level, "n_boot": n_boot, "arms": arms, "comparisons": comps,
+                                             "claims": claims, "per_seed": per_seed})
+    parts = [f"# {title}", "", f"Final-epoch test accuracy over seeds (mean, std, {level:.0%} t-interval):", "",
+             markdown_table(arms)]
+    if paper_table:
+        parts += ["", "Paper-style table (test accuracy %, mean ± std over seeds):", "",
+                  markdown_table(pivot(arms, *paper_table))]
+    if comps:
+        parts += ["", f"Paired comparisons (same seeds, same test images; {level:.0%} bootstrap interval over "
+                  "seeds and images):", "", markdown_table([{k: v for k, v in c.items() if k != "verdict"} for c in comps]),
+                  "", *[f"- {c['verdict']}" for c in comps]]
+    if claims:
+        parts += ["", "Claims of the paper, as this data says:", "", markdown_table(claims)]
+    text = "\n".join(parts)
+    atomic_write_text(out / "summary.md", text + "\n")
+    plot_arms(out / "results.png", arms, x_axis=x_axis, title=title)
+    return text

@@ -1,0 +1,48 @@
+"""Run an experiment's arms x seeds, each run skipped if finished and continued from its checkpoint
+if not, so the same command run again after a kill goes on where it stopped."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import Lm2vError
+from ..train import RunConfig, read_run_config, run_stage
+from ..train.checkpoint import has_checkpoint
+from ..train.rundir import is_finished, is_run_dir, result_changes
+from .design import Experiment, seed_dir, stage_configs
+
+
+def run_or_resume(cfg: RunConfig, run: Path) -> bool:
+    """Run ``cfg`` into ``run``: nothing if it finished, resume from its checkpoint if it has one,
+    restart it if it stopped before its first checkpoint. A run started with another config is
+    refused. True when the run is finished."""
+    if is_finished(run):
+        return True
+    started = is_run_dir(run)
+    changes = result_changes(read_run_config(run), cfg) if started else []
+    if changes:
+        raise Lm2vError(f"{run} was started with another config than this experiment's ({'; '.join(changes)}): "
+                        "rerun with --overwrite (or another --out)")
+    resume = started and has_checkpoint(run)
+    summary = run_stage(cfg, run, resume=resume, overwrite=started and not resume)
+    return not summary.get("stopped")
+
+
+def check_configs(exp: Experiment, out: Path) -> None:
+    """Build every run's config before any run starts, so a bad arm fails at once, not hours in."""
+    for seed in exp.seed_list():
+        for arm in exp.arms:
+            stage_configs(exp, arm, seed, seed_dir(out, arm, seed))
+
+
+def run_experiment(exp: Experiment, out: Path) -> Path | None:
+    """Every arm for every seed (seed by seed, so the first seeds' picture is whole early); returns
+    the run that stopped early (``runtime.stop_after``) or None when all are finished."""
+    for seed in exp.seed_list():
+        for arm in exp.arms:
+            where = seed_dir(out, arm, seed)
+            bridge, probe = stage_configs(exp, arm, seed, where)
+            if bridge is not None and not run_or_resume(bridge, where / "bridge"):
+                return where / "bridge"
+            if not run_or_resume(probe, where / "probe"):
+                return where / "probe"
+    return None
