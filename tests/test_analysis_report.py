@@ -113,7 +113,7 @@ def test_bad_input_is_one_line_error(tiny_run, tmp_path, monkeypatch, capsys):
 def test_compare_table_and_curves(tiny_run, tmp_path, monkeypatch, capsys):
     out = tmp_path / "cmp"
     assert cli_main.main(["compare", str(tiny_run), str(tiny_run), "--out", str(out)]) == 0
-    rows = json.loads((out / "compare.json").read_text())
+    rows = json.loads((out / "compare.json").read_text())["runs"]
     assert len(rows) == 2 and rows[0]["label_ratio"] == 1.0 and rows[0]["epochs"] == 2
     records = [json.loads(l) for l in (tiny_run / "metrics.jsonl").read_text().splitlines()]
     test = [r for r in records if r.get("event") == "test"][-1]

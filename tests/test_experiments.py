@@ -67,6 +67,13 @@ def test_grid_summary_is_the_mean_over_seeds_and_the_paired_difference(tmp_path)
     assert comp["effect (points)"] == pytest.approx(100 * (a.mean() - b.mean()))
     assert comp["ci low"] <= comp["effect (points)"] <= comp["ci high"]
     assert (comp["seeds"], comp["images"]) == (3, a.shape[1])
+    # lm2v compare on the same six runs: two groups over seeds, the same paired difference
+    runs = [str(out / arm / f"seed{s}" / "probe") for arm in ("direct_all", "ratio1.0") for s in (2, 0, 1)]
+    assert main(["compare", *runs, "--out", str(tmp_path / "cmp")]) == 0
+    cmp = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert [g["seeds"] for g in cmp["groups"]] == [3, 3]
+    assert cmp["groups"][1]["test acc"] == pytest.approx(np.mean(accs))
+    assert cmp["comparisons"][0]["effect (points)"] == pytest.approx(100 * (a.mean() - b.mean()))
 
 
 def test_seeds_beside_a_seed_sweep_is_one_line(tmp_path, capsys):
@@ -105,12 +112,23 @@ REPRO = ["reproduce", "label-ratio", "--scale", "smoke", "--seeds", "0,1,2", "da
          "runtime.progress=false", "runtime.tensorboard=false"]
 
 
-def test_reproduce_killed_and_run_again_continues_and_ends_with_claims(tmp_path):
+@pytest.fixture
+def tiny_lm(tmp_path):
+    """A tiny BERT saved as a Hugging Face folder: a 'pretrained' model offline, for --model."""
+    from transformers import BertConfig, BertModel
+
+    path = tmp_path / "tiny-lm"
+    BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                         max_position_embeddings=64, vocab_size=16)).save_pretrained(path)
+    return path
+
+
+def test_reproduce_killed_and_run_again_continues_and_ends_with_claims(tmp_path, tiny_lm):
     """The real command in a subprocess, SIGKILLed before its 10th checkpoint (epoch 2 of the third
     cell's bridge, seed 0: two cells of 2 + 2 epochs are done); the same command again keeps the
     finished runs, continues the killed one from its epoch-1 checkpoint and ends with the claims table."""
     out = tmp_path / "r"
-    cmd = [sys.executable, "-m", "lm2vision.cli.main", *REPRO, "--out", str(out)]
+    cmd = [sys.executable, "-m", "lm2vision.cli.main", *REPRO, "--model", str(tiny_lm), "--out", str(out)]
     env = {**os.environ, "LM2V_FAULT": "before_checkpoint:10", "OMP_NUM_THREADS": "1"}
     killed = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert killed.returncode == -9, killed.stderr[-2000:]

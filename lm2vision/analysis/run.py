@@ -352,8 +352,9 @@ def _run_part(part, run, loaded, sample, cfg, out, notes) -> Section:
     return part_alignment(loaded, sample, cfg, out, notes)
 
 
-def compare_runs(runs: list[str | Path], out: str | Path) -> list[dict]:
-    """One table of final numbers (plus the run's label ratio, stage, model) and overlaid curves."""
+def compare_runs(runs: list[str | Path], out: str | Path) -> tuple[list[dict], list[dict], list[dict]]:
+    """One table of final numbers (plus the run's label ratio, stage, model) and overlaid curves; then
+    the runs grouped over seeds, with intervals and paired comparisons. Returns (rows, groups, comparisons)."""
     from .curves import final_numbers, plot_curves
 
     if not runs:
@@ -369,6 +370,32 @@ def compare_runs(runs: list[str | Path], out: str | Path) -> list[dict]:
                      **final_numbers(records[label])})
     fig = out / "figures" / "curves.png"
     plot_curves(records, fig)
-    atomic_write_json(out / "compare.json", rows)
-    write_report(out, "lm2v compare", [Section("Runs", "", [fig], [Table("final numbers", rows)])])
-    return rows
+    groups, comps = _intervals(runs)
+    atomic_write_json(out / "compare.json", {"runs": rows, "groups": groups, "comparisons": comps})
+    sections = [Section("Runs", "", [fig], [Table("final numbers", rows)])]
+    if groups:
+        text = ("Runs that differ only in their seed form one group. Test accuracy over seeds (mean, std, 95% "
+                "t-interval); each later group against the first, paired by seed and test image (95% bootstrap "
+                "interval over seeds and images):\n" + "\n".join(f"- {c['verdict']}" for c in comps))
+        sections.append(Section("With uncertainty", text, [], [Table("groups", groups), Table(
+            "paired comparisons", [{k: v for k, v in c.items() if k != "verdict"} for c in comps])]))
+    write_report(out, "lm2v compare", sections)
+    return rows, groups, comps
+
+
+def _intervals(runs: list[str | Path]) -> tuple[list[dict], list[dict]]:
+    """Groups over seeds and paired comparisons (:mod:`lm2vision.experiments.compare`); runs without
+    per-image predictions (older or dense runs) leave them out, with a warning."""
+    from ..experiments.compare import compare_with_intervals
+    from ..train.rundir import PREDICTIONS
+
+    missing = [str(r) for r in runs if not (Path(r) / PREDICTIONS).is_file()]
+    if missing:
+        warnings.warn(f"no intervals or paired comparisons: {len(missing)} run(s) have no {PREDICTIONS} "
+                      f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})", Lm2vWarning)
+        return [], []
+    try:
+        return compare_with_intervals(runs)
+    except Lm2vError as e:  # e.g. the same seed twice in a group: the table above still stands
+        warnings.warn(f"no intervals or paired comparisons: {e}", Lm2vWarning)
+        return [], []

@@ -90,14 +90,19 @@ def run_compare(args: argparse.Namespace) -> int:
     """One table and overlaid curves across runs."""
     from ..analysis.run import compare_runs
     from ..train.rundir import open_run
+    from ..utils.tables import markdown_table
 
     missing = [r for r in args.run_dirs if not (Path(r) / "config.yaml").is_file()]
     if missing:
         raise Lm2vError(f"{missing[0]} is not an lm2v run directory (no config.yaml)")
     with open_run(args.out, overwrite=args.overwrite, inputs=args.run_dirs, kind="report") as out:
         (out / "figures").mkdir()
-        rows = compare_runs(args.run_dirs, out)
+        rows, groups, comps = compare_runs(args.run_dirs, out)
     for r in rows:
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
+    if groups:
+        print("\n" + markdown_table(groups))
+    for c in comps:
+        print(f"- {c['verdict']}")
     print(out / "report.html")
     return 0

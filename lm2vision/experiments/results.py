@@ -65,7 +65,7 @@ def arm_rows(results: dict[str, ArmResult], level: float = 0.95) -> list[dict]:
         row = {"arm": name, **r.arm.point, "bridged": r.arm.bridged, "seeds": acc["n"], "test acc": acc["mean"],
                "std": acc["std"], "ci low": acc["ci_low"], "ci high": acc["ci_high"],
                "val acc": _mean(s.get("val_acc") for s in r.probe)}
-        if r.arm.bridged:
+        if r.arm.bridged and all(b is not None for b in r.bridge):
             row["bridge train acc"] = _mean(b.get("train_acc") for b in r.bridge)
         best = [s.get("test_acc_best_epoch") for s in r.probe]
         if all(b is not None for b in best):
