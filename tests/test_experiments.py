@@ -179,3 +179,30 @@ def test_authors_best_epoch_is_reported_beside_the_final_epoch_and_selects_nothi
     assert s["test_acc"] == recs[-1]["test_acc_epoch"]  # the final figure is the last epoch's model
     assert s["test_acc"] == pytest.approx(_correct(run).mean())
     assert "authors" in s["test_acc_best_epoch_note"]
+
+
+def test_dense_preset_pairs_seeds_on_one_dense_set(tmp_path, tiny_lm):
+    """``reproduce dense-segment``: stage 1 per arm and seed, then Segmenter on its backbone; every run
+    reads the one synthetic set in OUT/data, and the comparison is the mean per-seed difference."""
+    from lm2vision.dense.config import SegmentConfig
+
+    out = tmp_path / "d"
+    assert main(["reproduce", "dense-segment", "--scale", "smoke", "--seeds", "0,1", "--model", str(tiny_lm),
+                 "--out", str(out), *REPRO[6:]]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    miou = {}
+    for arm in ("pretrainedTrue", "pretrainedFalse", "direct_pretrainedTrue", "direct_pretrainedFalse"):
+        miou[arm] = []
+        for s in (0, 1):
+            cfg = read_run_config(out / arm / f"seed{s}" / "segment", SegmentConfig)
+            assert cfg.data.root == str(out / "data") and cfg.runtime.seed == s
+            assert cfg.init == (str(out / arm / f"seed{s}" / "bridge") if not arm.startswith("direct") else None)
+            miou[arm].append(json.loads((out / arm / f"seed{s}" / "segment" / "summary.json").read_text())["final"]["miou"])
+    row = next(r for r in summary["arms"] if r["arm"] == "pretrainedTrue")
+    assert row["validation mIoU"] == pytest.approx(np.mean(miou["pretrainedTrue"]))
+    claim = next(c for c in summary["claims"] if c["claim"] == "bridging beats no bridging (pretrained)")
+    diff = np.subtract(miou["pretrainedTrue"], miou["direct_pretrainedTrue"])
+    assert claim["effect (points)"] == pytest.approx(100 * diff.mean())
+    half = 12.706204736174707 * np.std(diff, ddof=1) / np.sqrt(2)  # t(0.975, 1 dof)
+    assert (claim["ci low"], claim["ci high"]) == pytest.approx((100 * (diff.mean() - half), 100 * (diff.mean() + half)))
+    assert (out / "results.png").is_file()

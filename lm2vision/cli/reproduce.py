@@ -64,7 +64,9 @@ def build(args: argparse.Namespace, seeds: list[int]) -> Experiment:
     """The preset at the scale, with --model / --data / the overrides, as an experiment."""
     p, sc = preset(args.experiment), scale(args.scale)
     presets = p.overrides + sc.overrides + (_recipe(args.recipe))
-    mine = ([f"model.name={args.model}"] if args.model else []) + ([f"data.dataset={args.data}"] if args.data else [])
+    dense = p.task is not None  # --data is then the dense set's root; stage 1 reads the bundled images
+    mine = ([f"model.name={args.model}"] if args.model else []) + \
+        ([f"data.dataset={args.data}"] if args.data and not dense else [])
     check_seed_axes([o.split("=")[0] for o in args.overrides], seeds)
     clash = [o for o in args.overrides if o.split("=")[0] in p.axes]
     if clash:
@@ -72,8 +74,8 @@ def build(args: argparse.Namespace, seeds: list[int]) -> Experiment:
     cell = lambda point: stage_config("bridge", None, mine + list(args.overrides) + [f"{k}={v}" for k, v in point.items()],
                                       presets=presets)
     arms = sweep_arms(p.axes, cell)
-    return Experiment(arms, seeds, Stage2("reinit", sc.stage2_epochs), sweep_comparisons(p.axes, arms),
-                      claims_of(p, args.margin / 100))
+    comparisons = sweep_comparisons(p.axes, arms)
+    return Experiment(arms, seeds, Stage2("reinit", sc.stage2_epochs), comparisons, claims_of(p, args.margin / 100))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,11 +91,28 @@ def run(args: argparse.Namespace) -> int:
         if not again:
             atomic_write_text(out / "config.yaml", yaml.safe_dump(record, sort_keys=False))
         p = preset(args.experiment)
-        text = run_and_summarize(exp, out, title=f"lm2v reproduce {args.experiment} --scale {args.scale}",
-                                 paper_table=p.paper_table, x_axis=p.x_axis)
+        title = f"lm2v reproduce {args.experiment} --scale {args.scale}"
+        if p.task:
+            text = _run_dense(args, exp, out, p.task, title)
+        else:
+            text = run_and_summarize(exp, out, title=title, paper_table=p.paper_table, x_axis=p.x_axis)
     if text is not None:
         print("\n" + text + f"\n\nsummary: {out / 'summary.md'}  figure: {out / 'results.png'}")
     return 0
+
+
+def _run_dense(args: argparse.Namespace, exp: Experiment, out: Path, task: str, title: str) -> str | None:
+    """A dense preset: stage 1 on the classification data, then the dense task on the same dense set
+    for every arm and seed (``--data`` is the dense set's root; offline, a synthetic set in OUT/data)."""
+    from ..experiments.dense import run_dense_experiment, summarize_dense, write_synthetic
+    from ..experiments.presets import DENSE_SCALES
+
+    root = args.data or write_synthetic(out, task, exp.arms[0].cell.model.image_size, 64)
+    stopped = run_dense_experiment(exp, out, task, root, DENSE_SCALES[args.scale])
+    if stopped is not None:
+        print(f"stopped in {stopped} (runtime.stop_after); run the same command again to continue")
+        return None
+    return summarize_dense(exp, out, task, title)
 
 
 def _check_same(out: Path, record: dict) -> None:

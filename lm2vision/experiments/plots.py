@@ -5,10 +5,10 @@ import math
 from pathlib import Path
 
 
-def _errors(rows: list[dict]) -> list[list[float]]:
+def _errors(rows: list[dict], metric: str) -> list[list[float]]:
     """Asymmetric error bars (below, above) from each row's interval; 0 where it is undefined (one seed)."""
-    lo = [r["test acc"] - r["ci low"] if _finite(r["ci low"]) else 0.0 for r in rows]
-    hi = [r["ci high"] - r["test acc"] if _finite(r["ci high"]) else 0.0 for r in rows]
+    lo = [r[metric] - r["ci low"] if _finite(r["ci low"]) else 0.0 for r in rows]
+    hi = [r["ci high"] - r[metric] if _finite(r["ci high"]) else 0.0 for r in rows]
     return [lo, hi]
 
 
@@ -16,8 +16,9 @@ def _finite(x) -> bool:
     return x is not None and not math.isnan(x)
 
 
-def plot_arms(path: Path, rows: list[dict], x_axis: str | None = None, title: str = "") -> Path:
-    """Lines of test accuracy against the numeric ``x_axis`` (one line per combination of the other
+def plot_arms(path: Path, rows: list[dict], x_axis: str | None = None, title: str = "",
+              metric: str = "test acc") -> Path:
+    """Lines of ``metric`` (a column of the rows, with ``ci low`` / ``ci high``) against the numeric ``x_axis`` (one line per combination of the other
     coordinates), or one bar per arm; error bars are the 95% intervals over seeds."""
     import matplotlib
 
@@ -33,18 +34,18 @@ def plot_arms(path: Path, rows: list[dict], x_axis: str | None = None, title: st
             groups.setdefault(key or "bridged", []).append(r)
         for label, rs in groups.items():
             rs = sorted(rs, key=lambda r: r[x_axis])
-            ax.errorbar([r[x_axis] for r in rs], [r["test acc"] for r in rs], yerr=_errors(rs), marker="o",
+            ax.errorbar([r[x_axis] for r in rs], [r[metric] for r in rs], yerr=_errors(rs, metric), marker="o",
                         capsize=4, label=label)
         for i, r in enumerate(r for r in rows if not r["bridged"]):
-            ax.axhline(r["test acc"], ls="--", color=f"C{i}", lw=1, label=f"{r['arm']} (no bridge)")
+            ax.axhline(r[metric], ls="--", color=f"C{i}", lw=1, label=f"{r['arm']} (no bridge)")
         ax.set(xlabel=x_axis)
         ax.legend(fontsize=8)
     else:
-        ax.bar(range(len(rows)), [r["test acc"] for r in rows], yerr=_errors(rows), capsize=4,
+        ax.bar(range(len(rows)), [r[metric] for r in rows], yerr=_errors(rows, metric), capsize=4,
                color=["C0" if r["bridged"] else "C7" for r in rows])
         ax.set_xticks(range(len(rows)), [r["arm"] for r in rows], rotation=20, fontsize=8, ha="right")
     n = max((r["seeds"] for r in rows), default=1)
-    ax.set(ylabel="test top-1 (final epoch)", title=f"{title}\n{n} seed(s); bars: 95% interval over seeds")
+    ax.set(ylabel="test top-1 (final epoch)" if metric == "test acc" else metric, title=f"{title}\n{n} seed(s); bars: 95% interval over seeds")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -47,6 +47,13 @@ class Preset:
     claims: list[tuple[str, dict, dict | str, str]] = field(default_factory=list)  # text, a point, b point or "direct", kind
     paper_table: tuple[str, str] | None = None  # (row axis, column axis) of the paper-style table
     x_axis: str | None = None  # the figure's x axis
+    task: str | None = None  # "segment" | "detect": stage 2 is that dense task instead of a probe
+
+
+# stage 2 of the dense presets, per scale (the dense run's own optimiser and data settings)
+DENSE_SCALES = {"smoke": ["optim.epochs=2", "optim.batch_size=8"],
+                "small": ["optim.epochs=30", "optim.batch_size=16"],
+                "paper": ["optim.epochs=64", "optim.batch_size=8"]}
 
 
 RATIOS = [0.0, 0.15, 0.3, 1.0]
@@ -79,6 +86,14 @@ PRESETS = {
          ("correct-label bridging beats no bridging", {"labels.ratio": 0.0}, "direct", "better"),
          ("random-label bridging beats no bridging", {"labels.ratio": 1.0}, "direct", "better")]),
 }
+for _task, _what in (("segment", "Segmenter semantic segmentation (mIoU)"), ("detect", "DETR detection (box mAP)")):
+    PRESETS[f"dense-{_task}"] = Preset(
+        f"the dense comparison: {_what} on the bridged (r=1, first 2 blocks) pretrained and scratch backbones "
+        "and on their unbridged twins; synthetic data offline, or --data",
+        {"model.pretrained": [True, False]}, ["labels.ratio=1.0", "trainable.blocks=first:2"],
+        [("pretrained + bridge beats scratch + bridge", {"model.pretrained": True}, {"model.pretrained": False}, "better"),
+         ("bridging beats no bridging (pretrained)", {"model.pretrained": True}, "direct", "better")],
+        task=_task)
 
 
 def preset(name: str) -> Preset:

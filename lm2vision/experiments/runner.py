@@ -3,6 +3,7 @@ if not, so the same command run again after a kill goes on where it stopped."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from ..errors import Lm2vError
 from ..train import RunConfig, read_run_config, run_stage
@@ -11,19 +12,19 @@ from ..train.rundir import is_finished, is_run_dir, result_changes
 from .design import Experiment, seed_dir, stage_configs
 
 
-def run_or_resume(cfg: RunConfig, run: Path) -> bool:
-    """Run ``cfg`` into ``run``: nothing if it finished, resume from its checkpoint if it has one,
-    restart it if it stopped before its first checkpoint. A run started with another config is
-    refused. True when the run is finished."""
+def run_or_resume(cfg: RunConfig, run: Path, start: Callable[..., dict] = run_stage) -> bool:
+    """Run ``cfg`` into ``run`` with ``start`` (``run_stage``; ``run_dense`` for a dense config):
+    nothing if it finished, resume from its checkpoint if it has one, restart it if it stopped before
+    its first checkpoint. A run started with another config is refused. True when the run is finished."""
     if is_finished(run):
         return True
     started = is_run_dir(run)
-    changes = result_changes(read_run_config(run), cfg) if started else []
+    changes = result_changes(read_run_config(run, type(cfg)), cfg) if started else []
     if changes:
         raise Lm2vError(f"{run} was started with another config than this experiment's ({'; '.join(changes)}): "
                         "rerun with --overwrite (or another --out)")
     resume = started and has_checkpoint(run)
-    summary = run_stage(cfg, run, resume=resume, overwrite=started and not resume)
+    summary = start(cfg, run, resume=resume, overwrite=started and not resume)
     return not summary.get("stopped")
 
 

@@ -149,15 +149,16 @@ def _plural(n: int, word: str) -> str:
     return f"no {word}s" if n == 0 else f"{n} {word}" + ("" if n == 1 else "s")
 
 
-def verdict(subject: str, iv: Interval, unit: str = "points") -> str:
+def verdict(subject: str, iv: Interval, unit: str = "points", metric: str = "test accuracy") -> str:
     """One plain-language line: effect, interval and what it means, e.g.
     ``bridging changes test accuracy by +2.4 points, 95% CI +0.9 to +3.8: an improvement``.
 
-    unit "points" shows fractions x100; any other unit shows the values as given.
+    unit "points" shows fractions x100; any other unit shows the values as given. ``metric`` names
+    what changes (e.g. "mIoU" for segmentation).
     """
     level = f"{round(iv.level * 100, 4):g}%"
     effect = "an unknown amount" if math.isnan(iv.estimate) else f"{_fmt(iv.estimate, unit)} {unit}"
-    head = f"{subject} changes test accuracy by {effect}"
+    head = f"{subject} changes {metric} by {effect}"
     if math.isnan(iv.low) or math.isnan(iv.high):
         source = f"{_plural(iv.n_seeds, 'seed')} and {_plural(iv.n_images, 'image')}"
         return f"{head}, {level} CI cannot be estimated from {source}: cannot tell"
