@@ -24,13 +24,8 @@ from pathlib import Path
 import yaml
 
 from ..config import parse_override
+from ..data.config import recipe_overrides
 from ..errors import Lm2vError
-
-
-def _recipe(name):
-    from ..data.config import recipe_overrides  # noqa: lazy until the recipes land
-
-    return recipe_overrides(name) if name else []
 from ..experiments import Experiment, Stage2, parse_seeds, run_and_summarize
 from ..experiments.design import check_seed_axes
 from ..experiments.runner import check_configs
@@ -111,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
 
 def cell_config(args: argparse.Namespace, point: dict) -> RunConfig:
     """The one config of a cell: defaults, --recipe, --config, the overrides, then the cell's sweep values."""
-    recipe = _recipe(args.recipe)
+    recipe = recipe_overrides(args.recipe)
     return stage_config("bridge", args.config, list(args.overrides) + [f"{k}={v}" for k, v in point.items()],
                         presets=recipe)
 

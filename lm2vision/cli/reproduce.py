@@ -17,13 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from ..data.config import recipe_overrides
 from ..errors import Lm2vError
-
-
-def _recipe(name):
-    from ..data.config import recipe_overrides  # noqa: lazy until the recipes land
-
-    return recipe_overrides(name) if name else []
 from ..experiments import Experiment, Stage2, parse_seeds, run_and_summarize
 from ..experiments.design import check_seed_axes
 from ..experiments.presets import PRESETS, SCALES, claims_of, preset, scale
@@ -63,7 +58,7 @@ def record_of(args: argparse.Namespace, seeds: list[int]) -> dict:
 def build(args: argparse.Namespace, seeds: list[int]) -> Experiment:
     """The preset at the scale, with --model / --data / the overrides, as an experiment."""
     p, sc = preset(args.experiment), scale(args.scale)
-    presets = p.overrides + sc.overrides + (_recipe(args.recipe))
+    presets = p.overrides + sc.overrides + recipe_overrides(args.recipe)
     dense = p.task is not None  # --data is then the dense set's root; stage 1 reads the bundled images
     mine = ([f"model.name={args.model}"] if args.model else []) + \
         ([f"data.dataset={args.data}"] if args.data and not dense else [])
@@ -104,15 +99,12 @@ def run(args: argparse.Namespace) -> int:
 def _run_dense(args: argparse.Namespace, exp: Experiment, out: Path, task: str, title: str) -> str | None:
     """A dense preset: stage 1 on the classification data, then the dense task on the same dense set
     for every arm and seed (``--data`` is the dense set's root; offline, a synthetic set in OUT/data)."""
-    from ..experiments.dense import run_dense_experiment, summarize_dense, write_synthetic
+    from ..experiments.dense import dense_stage, summarize_dense, write_synthetic
     from ..experiments.presets import DENSE_SCALES
 
-    root = args.data or write_synthetic(out, task, exp.arms[0].cell.model.image_size, 64)
-    stopped = run_dense_experiment(exp, out, task, root, DENSE_SCALES[args.scale])
-    if stopped is not None:
-        print(f"stopped in {stopped} (runtime.stop_after); run the same command again to continue")
-        return None
-    return summarize_dense(exp, out, task, title)
+    root = args.data or write_synthetic(out, exp.arms[0].cell.model.image_size, 64)
+    return run_and_summarize(exp, out, title, stage2=dense_stage(task, root, DENSE_SCALES[args.scale]),
+                             summarize=lambda e, o, t: summarize_dense(e, o, task, t))
 
 
 def _check_same(out: Path, record: dict) -> None:

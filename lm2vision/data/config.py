@@ -22,9 +22,11 @@ RECIPES: Dict[str, List[str]] = {
 }
 
 
-def recipe_overrides(name: str) -> List[str]:
+def recipe_overrides(name: Optional[str]) -> List[str]:
     """The ``data.KEY=VALUE`` overrides of the augmentation recipe ``name`` (:data:`RECIPES`): cifar
-    (CIFAR-10/100), imagenet (Tiny-ImageNet and ImageNet) or none."""
+    (CIFAR-10/100), imagenet (Tiny-ImageNet and ImageNet) or none; no name (None), no overrides."""
+    if name is None:
+        return []
     if name not in RECIPES:
         raise Lm2vError(f"unknown augmentation recipe {name!r}; known recipes: {', '.join(RECIPES)}")
     return list(RECIPES[name])

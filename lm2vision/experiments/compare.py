@@ -11,10 +11,9 @@ import torch
 
 from ..config import to_dict
 from ..errors import Lm2vError, Lm2vWarning
-from ..stats import verdict
 from ..train.rundir import read_predictions, read_run_config, read_summary
 from .design import SEED_KEYS, Arm, Comparison
-from .results import ArmResult, arm_rows, paired_effect, points
+from .results import ArmResult, arm_rows, comparison_rows, paired_effects
 
 
 def _without_seeds(cfg) -> dict:
@@ -69,14 +68,11 @@ def compare_with_intervals(runs: list[str | Path], n_boot: int = 2000,
     groups = group_runs(runs)
     results = {label: group_result(label, members) for label, members in groups}
     first = groups[0][0]
-    comps = []
+    comparisons = []
     for label, _ in groups[1:]:
         if results[label].seeds != results[first].seeds:
             warnings.warn(f"{label} left out of the paired comparisons: its seeds {results[label].seeds} are not "
                           f"those of {first} {results[first].seeds}", Lm2vWarning)
             continue
-        c = Comparison(f"{label} instead of {first}", label, first)
-        iv = paired_effect(results, c, n_boot, level)
-        if iv is not None:
-            comps.append({"comparison": c.subject, **points(iv), "verdict": verdict(c.subject, iv)})
-    return arm_rows(results, level), comps
+        comparisons.append(Comparison(f"{label} instead of {first}", label, first))
+    return arm_rows(results, level), comparison_rows(comparisons, paired_effects(results, n_boot, level))

@@ -11,13 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import load_config, to_dict
-from ..stats import Interval, claim_status, seed_summary, verdict
+from ..stats import Interval, seed_summary
 from ..train.rundir import read_summary
 from ..utils.io import atomic_write_json, atomic_write_text
-from ..utils.tables import markdown_table
 from .design import Experiment, seed_dir, seeded
 from .plots import plot_arms
-from .runner import run_or_resume
+from .results import claim_rows, comparison_rows, summary_markdown
 
 # task -> (metric in summary["final"], its name, the layout of the synthetic set)
 TASKS = {
@@ -41,8 +40,9 @@ def dense_config(task: str, cell, init: str | None, root: str | None, overrides:
     return load_config(cls, None, data + same + list(overrides), base=base)
 
 
-def write_synthetic(out: Path, task: str, image_size: int, n: int) -> str:
-    """The synthetic dense set every run of the experiment shares (written once, seed 0)."""
+def write_synthetic(out: Path, image_size: int, n: int) -> str:
+    """The synthetic dense set every run of the experiment shares (written once, seed 0; its layout
+    serves both tasks)."""
     from ..dense.synthetic import make_synthetic_dense
 
     root = out / "data"
@@ -51,20 +51,15 @@ def write_synthetic(out: Path, task: str, image_size: int, n: int) -> str:
     return str(root)
 
 
-def run_dense_experiment(exp: Experiment, out: Path, task: str, root: str, overrides: list[str]) -> Path | None:
-    """Stage 1 then the dense run for every arm and seed; returns the run that stopped early, or None."""
+def dense_stage(task: str, root: str, overrides: list[str]):
+    """The second stage of every arm as ``task`` on the data at ``root``, in ``WHERE/TASK``, for
+    :func:`lm2vision.experiments.runner.run_experiment`."""
     from ..dense.engine import run_dense
 
-    for seed in exp.seed_list():
-        for arm in exp.arms:
-            where = seed_dir(out, arm, seed)
-            cell = seeded(arm.cell, seed)
-            if arm.bridged and not run_or_resume(cell, where / "bridge"):
-                return where / "bridge"
-            cfg = dense_config(task, cell, str(where / "bridge") if arm.bridged else None, root, overrides)
-            if not run_or_resume(cfg, where / task, start=run_dense):
-                return where / task
-    return None
+    def stage2(arm, seed, where: Path):
+        init = str(where / "bridge") if arm.bridged else None
+        return dense_config(task, seeded(arm.cell, seed), init, root, overrides), where / task, run_dense
+    return stage2
 
 
 def seed_interval(a: list[float], b: list[float], level: float = 0.95) -> Interval:
@@ -82,23 +77,12 @@ def summarize_dense(exp: Experiment, out: Path, task: str, title: str, level: fl
         s = seed_summary(values[a.name], level)
         arms.append({"arm": a.name, **a.point, "bridged": a.bridged, "seeds": s["n"], name: s["mean"], "std": s["std"],
                      "ci low": s["ci_low"], "ci high": s["ci_high"]})
-    comps, claims = [], []
-    for c in exp.comparisons:
-        iv = seed_interval(values[c.a], values[c.b], level)
-        comps.append({"comparison": c.subject, "a": c.a, "b": c.b, "effect (points)": 100 * iv.estimate,
-                      "ci low": 100 * iv.low, "ci high": 100 * iv.high, "seeds": iv.n_seeds,
-                      "verdict": verdict(c.subject, iv, metric=name)})
-    for cl in exp.claims:
-        iv = seed_interval(values[cl.comparison.a], values[cl.comparison.b], level)
-        claims.append({"claim": cl.text, "a": cl.comparison.a, "b": cl.comparison.b, "effect (points)": 100 * iv.estimate,
-                       "ci low": 100 * iv.low, "ci high": 100 * iv.high, "status": claim_status(iv, cl.kind, cl.margin)})
+    effect = lambda c: seed_interval(values[c.a], values[c.b], level)  # noqa: E731
+    comps, claims = comparison_rows(exp.comparisons, effect, metric=name), claim_rows(exp.claims, effect)
     atomic_write_json(out / "summary.json", {"level": level, "metric": name, "arms": arms, "comparisons": comps,
                                              "claims": claims, "per_seed": values})
-    text = "\n".join([f"# {title}", "", f"Final {name} over seeds (mean, std, {level:.0%} t-interval):", "",
-                      markdown_table(arms), "", f"Paired by seed ({level:.0%} t-interval of the per-seed differences):",
-                      "", markdown_table([{k: v for k, v in c.items() if k != "verdict"} for c in comps]), "",
-                      *[f"- {c['verdict']}" for c in comps], "", "Claims of the paper, as this data says:", "",
-                      markdown_table(claims)])
+    text = summary_markdown(title, f"Final {name} over seeds (mean, std, {level:.0%} t-interval):", arms, comps,
+                            claims, f"Paired by seed ({level:.0%} t-interval of the per-seed differences):")
     atomic_write_text(out / "summary.md", text + "\n")
     plot_arms(out / "results.png", arms, title=title, metric=name)
     return text

@@ -12,17 +12,19 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from ..errors import Lm2vError, Lm2vWarning
-from ..stats import claim_status, paired_bootstrap, seed_summary, verdict
+from ..stats import Interval, claim_status, paired_bootstrap, seed_summary, verdict
 from ..train.rundir import read_predictions, read_summary
 from ..utils.io import atomic_write_json, atomic_write_text
 from ..utils.tables import markdown_table
-from .design import Arm, Comparison, Experiment, seed_dir
+from .design import Arm, Claim, Comparison, Experiment, seed_dir
 
+Effect = Callable[[Comparison], "Interval | None"]  # a comparison's interval, None when it cannot be made
 AUTHORS_COLUMN = "best-epoch test acc (authors' reporting; not used to select)"
 
 
@@ -89,22 +91,35 @@ def paired_effect(results: dict[str, ArmResult], c: Comparison, n_boot: int, lev
     return paired_bootstrap(a.correct, b.correct, n_boot=n_boot, level=level, seed=0)
 
 
-def comparison_rows(exp: Experiment, results: dict[str, ArmResult], n_boot: int = 2000,
-                    level: float = 0.95) -> list[dict]:
-    """One row per comparison: effect in points, its interval, and the verdict line."""
+def paired_effects(results: dict[str, ArmResult], n_boot: int = 2000, level: float = 0.95) -> Effect:
+    """The effect of a comparison on classification arms: :func:`paired_effect`, computed once per
+    pair of arms (a claim often tests a comparison the table already shows)."""
+    done: dict[tuple[str, str], Interval | None] = {}
+
+    def effect(c: Comparison) -> Interval | None:
+        if (c.a, c.b) not in done:
+            done[c.a, c.b] = paired_effect(results, c, n_boot, level)
+        return done[c.a, c.b]
+
+    return effect
+
+
+def comparison_rows(comparisons: list[Comparison], effect: Effect, metric: str = "test accuracy") -> list[dict]:
+    """One row per comparison whose ``effect`` is known: effect in points, its interval, the verdict line."""
     rows = []
-    for c in exp.comparisons:
-        iv = paired_effect(results, c, n_boot, level)
+    for c in comparisons:
+        iv = effect(c)
         if iv is not None:
-            rows.append({"comparison": c.subject, "a": c.a, "b": c.b, **points(iv), "verdict": verdict(c.subject, iv)})
+            rows.append({"comparison": c.subject, "a": c.a, "b": c.b, **points(iv),
+                         "verdict": verdict(c.subject, iv, metric=metric)})
     return rows
 
 
-def claim_rows(exp: Experiment, results: dict[str, ArmResult], n_boot: int = 2000, level: float = 0.95) -> list[dict]:
+def claim_rows(claims: list[Claim], effect: Effect) -> list[dict]:
     """One row per claim: the measured effect, its interval and supported / contradicted / inconclusive."""
     rows = []
-    for claim in exp.claims:
-        iv = paired_effect(results, claim.comparison, n_boot, level)
+    for claim in claims:
+        iv = effect(claim.comparison)
         if iv is None:
             continue
         test = f"within +-{100 * claim.margin:.1f} points" if claim.kind == "match" else f"{claim.kind} (CI excludes 0)"
@@ -113,10 +128,23 @@ def claim_rows(exp: Experiment, results: dict[str, ArmResult], n_boot: int = 200
     return rows
 
 
-def points(iv) -> dict:
-    """An interval's JSON/table columns, in percentage points."""
+def points(iv: Interval) -> dict:
+    """An interval's JSON/table columns, in percentage points (``images`` when images were resampled)."""
     return {"effect (points)": 100 * iv.estimate, "ci low": 100 * iv.low, "ci high": 100 * iv.high,
-            "seeds": iv.n_seeds, "images": iv.n_images}
+            "seeds": iv.n_seeds, **({"images": iv.n_images} if iv.n_images else {})}
+
+
+def summary_markdown(title: str, arms_text: str, arms: list[dict], comps: list[dict], claims: list[dict],
+                     pairing: str, extra: list[str] = ()) -> str:
+    """``summary.md``: the per-arm table (then ``extra`` lines), the paired comparisons with their
+    verdicts, and the claims table."""
+    parts = [f"# {title}", "", arms_text, "", markdown_table(arms), *extra]
+    if comps:
+        parts += ["", pairing, "", markdown_table([{k: v for k, v in c.items() if k != "verdict"} for c in comps]),
+                  "", *[f"- {c['verdict']}" for c in comps]]
+    if claims:
+        parts += ["", "Claims of the paper, as this data says:", "", markdown_table(claims)]
+    return "\n".join(parts)
 
 
 def pivot(rows: list[dict], row_axis: str, col_axis: str) -> list[dict]:
@@ -136,23 +164,16 @@ def write_summary(out: Path, exp: Experiment, results: dict[str, ArmResult], *, 
     from .plots import plot_arms
 
     arms = arm_rows(results, level)
-    comps = comparison_rows(exp, results, n_boot, level)
-    claims = claim_rows(exp, results, n_boot, level)
+    effect = paired_effects(results, n_boot, level)
+    comps, claims = comparison_rows(exp.comparisons, effect), claim_rows(exp.claims, effect)
     per_seed = {n: {"seeds": exp.seed_list(), "test_acc": [s["test_acc"] for s in r.probe]} for n, r in results.items()}
     atomic_write_json(out / "summary.json", {"level": level, "n_boot": n_boot, "arms": arms, "comparisons": comps,
                                              "claims": claims, "per_seed": per_seed})
-    parts = [f"# {title}", "", f"Final-epoch test accuracy over seeds (mean, std, {level:.0%} t-interval):", "",
-             markdown_table(arms)]
-    if paper_table:
-        parts += ["", "Paper-style table (test accuracy %, mean ± std over seeds):", "",
-                  markdown_table(pivot(arms, *paper_table))]
-    if comps:
-        parts += ["", f"Paired comparisons (same seeds, same test images; {level:.0%} bootstrap interval over "
-                  "seeds and images):", "", markdown_table([{k: v for k, v in c.items() if k != "verdict"} for c in comps]),
-                  "", *[f"- {c['verdict']}" for c in comps]]
-    if claims:
-        parts += ["", "Claims of the paper, as this data says:", "", markdown_table(claims)]
-    text = "\n".join(parts)
+    extra = ["", "Paper-style table (test accuracy %, mean ± std over seeds):", "",
+             markdown_table(pivot(arms, *paper_table))] if paper_table else []
+    text = summary_markdown(title, f"Final-epoch test accuracy over seeds (mean, std, {level:.0%} t-interval):",
+                            arms, comps, claims, f"Paired comparisons (same seeds, same test images; {level:.0%} "
+                            "bootstrap interval over seeds and images):", extra)
     atomic_write_text(out / "summary.md", text + "\n")
     plot_arms(out / "results.png", arms, x_axis=x_axis, title=title)
     return text

@@ -9,7 +9,10 @@ from ..errors import Lm2vError
 from ..train import RunConfig, read_run_config, run_stage
 from ..train.checkpoint import has_checkpoint
 from ..train.rundir import is_finished, is_run_dir, result_changes
-from .design import Experiment, seed_dir, stage_configs
+from .design import Arm, Experiment, seed_dir, seeded, stage_configs
+
+# stage2(arm, seed, where) -> (config, run directory, runner such as run_stage or run_dense)
+Stage2Runs = Callable[[Arm, "int | None", Path], tuple]
 
 
 def run_or_resume(cfg: RunConfig, run: Path, start: Callable[..., dict] = run_stage) -> bool:
@@ -35,15 +38,24 @@ def check_configs(exp: Experiment, out: Path) -> None:
             stage_configs(exp, arm, seed, seed_dir(out, arm, seed))
 
 
-def run_experiment(exp: Experiment, out: Path) -> Path | None:
-    """Every arm for every seed (seed by seed, so the first seeds' picture is whole early); returns
-    the run that stopped early (``runtime.stop_after``) or None when all are finished."""
+def probe_stage(exp: Experiment) -> Stage2Runs:
+    """An arm's stage 2 as a classification probe (:func:`stage_configs`), in ``WHERE/probe``."""
+    def stage2(arm: Arm, seed: int | None, where: Path):
+        return stage_configs(exp, arm, seed, where)[1], where / "probe", run_stage
+    return stage2
+
+
+def run_experiment(exp: Experiment, out: Path, stage2: Stage2Runs | None = None) -> Path | None:
+    """Every arm for every seed (seed by seed, so the first seeds' picture is whole early): its bridge,
+    then ``stage2(arm, seed, where)`` -> (config, run directory, runner), by default the probe.
+    Returns the run that stopped early (``runtime.stop_after``) or None when all are finished."""
+    stage2 = stage2 or probe_stage(exp)
     for seed in exp.seed_list():
         for arm in exp.arms:
             where = seed_dir(out, arm, seed)
-            bridge, probe = stage_configs(exp, arm, seed, where)
-            if bridge is not None and not run_or_resume(bridge, where / "bridge"):
+            if arm.bridged and not run_or_resume(seeded(arm.cell, seed), where / "bridge"):
                 return where / "bridge"
-            if not run_or_resume(probe, where / "probe"):
-                return where / "probe"
+            cfg, run, start = stage2(arm, seed, where)
+            if not run_or_resume(cfg, run, start):
+                return run
     return None

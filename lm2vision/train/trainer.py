@@ -121,7 +121,7 @@ def _epoch(task: Task, cfg, epoch: int, net: nn.Module, forward: nn.Module, opti
     val = task.evaluate(forward, "val") if due else {}
     record = {"stage": task.name, "epoch": epoch + 1, **tr, **phase.state(), **{f"val_{k}": v for k, v in val.items()},
               "epoch_time_s": dt, "img_per_s": task.steps_per_epoch * cfg.optim.batch_size / dt}
-    if getattr(cfg.runtime, "test_each_epoch", False) and not task.test_is_val:
+    if cfg.runtime.test_each_epoch and not task.test_is_val:
         record["test_acc_epoch"] = task.evaluate(forward, "test")["acc"]  # the authors' figure; selects nothing
     return record, val
 
@@ -162,7 +162,7 @@ def _finish(task: Task, cfg, run: Path, net: nn.Module, forward: nn.Module, rt: 
 def authors_best(run: Path, cfg) -> dict:
     """With ``runtime.test_each_epoch``: the best test accuracy over epochs and its epoch, the figure
     the method's authors report, labelled as theirs; the summary's ``test_acc`` stays the final epoch's."""
-    if not getattr(cfg.runtime, "test_each_epoch", False):
+    if not cfg.runtime.test_each_epoch:
         return {}
     recs = [r for r in read_metrics(run) if "test_acc_epoch" in r]
     if not recs:
