@@ -304,7 +304,7 @@ def run_dense(cfg: DetectConfig | SegmentConfig, out: str | Path, resume: bool =
                 rt.barrier()
                 task = _task(cfg, rt)
             _record(cfg, run, resume, rt)
-            logger = MetricsLogger(run, cfg.runtime.tensorboard, enabled=rt.is_main)
+            logger = MetricsLogger.for_run(run, cfg.runtime, enabled=rt.is_main)
             try:
                 return fit(task, cfg, run, rt, logger, resume)
             finally:

@@ -358,6 +358,11 @@ class MetricsLogger:
 
             self.tb = SummaryWriter(str(run / "tb"))
 
+    @classmethod
+    def for_run(cls, run: Path, runtime, enabled: bool = True) -> "MetricsLogger":
+        """The logger of a stage's run directory, as its ``runtime`` config (``RuntimeConfig``) asks."""
+        return cls(run, runtime.tensorboard, enabled=enabled)
+
     def log(self, record: dict) -> None:
         """Write ``record`` (numbers, strings); scalars also go to TensorBoard at its epoch."""
         if not self.enabled:

@@ -135,7 +135,7 @@ def _run_in(cfg: RunConfig, run: Path, splits: DataSplits, data: dict, model: Vi
         save_config(cfg, run / "config.yaml")
         record_data(run, data)
     train = stage_train_set(cfg, splits.train, run, rt)
-    logger = MetricsLogger(run, cfg.runtime.tensorboard, enabled=rt.is_main)
+    logger = MetricsLogger.for_run(run, cfg.runtime, enabled=rt.is_main)
     try:
         if cfg.stage == "probe" and cfg.probe.mode == "linear":
             summary = _linear_probe(cfg, model, splits, run, rt, logger)
