@@ -178,6 +178,21 @@ def test_a_locked_run_refuses_a_second_writer_and_a_stale_lock_is_taken_over(fin
     assert json.loads(lock.read_text())["pid"] == os.getpid()
 
 
+def test_a_requeued_slurm_job_takes_over_its_own_lock_from_another_node(tmp_path, monkeypatch):
+    """SLURM requeues a hard-killed job under the same job id, maybe on another node: the lock its earlier
+    self left (a host this process cannot check) is stale; another job's lock on that host is not."""
+    run = tmp_path / "r"
+    run.mkdir()
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    (run / LOCK).write_text(json.dumps({"pid": 1, "host": "other-node", "slurm_job": "4243"}))
+    with pytest.raises(Lm2vError, match="process 1 on other-node"):
+        acquire_lock(run)
+    (run / LOCK).write_text(json.dumps({"pid": 1, "host": "other-node", "slurm_job": "4242"}))
+    with pytest.warns(Lm2vWarning, match=r"stale lock .*\(SLURM job 4242 was requeued\)"):
+        lock = acquire_lock(run)
+    assert json.loads(lock.read_text()) == {"pid": os.getpid(), "host": os.uname().nodename, "slurm_job": "4242"}
+
+
 def test_open_run_holds_the_lock_only_while_the_block_runs(tmp_path):
     with open_run(tmp_path / "r") as run:
         assert json.loads((run / LOCK).read_text())["pid"] == os.getpid()

@@ -2,6 +2,8 @@
 parts are drawn fresh, and every other tensor is the bridged model's, for every family."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -179,10 +181,11 @@ def test_rank_0_downloads_before_the_others_read(monkeypatch):
     from lm2vision.data import DataConfig
     from lm2vision.train import stages
 
+    splits = SimpleNamespace(note=None)
     for rank, expected in ((0, ["load", "barrier"]), (1, ["barrier", "load"])):
         log: list = []
-        monkeypatch.setattr(stages, "load_imageset_splits", lambda cfg: log.append("load") or "splits")
-        assert stages.load_splits(DataConfig(download=True), FakeRanks(rank, 2, log)) == "splits"
+        monkeypatch.setattr(stages, "load_imageset_splits", lambda cfg, stream_ok=False: log.append("load") or splits)
+        assert stages.load_splits(DataConfig(download=True), FakeRanks(rank, 2, log)) is splits
         assert log == expected
     log = []
     stages.load_splits(DataConfig(download=False), FakeRanks(1, 2, log))

@@ -15,10 +15,16 @@ its 95% interval over seeds and every comparison that matters (bridged vs direct
 vs the axis's first) as a paired difference with a bootstrap interval over seeds and test images
 and a one-line verdict. ``--resume`` skips finished runs and continues unfinished ones from their
 last checkpoint.
+
+``--launcher local --jobs N`` runs N cells at once (one GPU each; ``--gpus-per-cell K``: K GPUs under
+torchrun), ``--launcher slurm --slurm slurm_partition=gpu --slurm timeout_min=600`` one SLURM job per
+cell through submitit (requeued on preemption, resuming from its checkpoints). How the cells run is
+not part of the grid: ``--resume`` may use another launcher.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import yaml
@@ -28,12 +34,14 @@ from ..data.config import recipe_overrides
 from ..errors import Lm2vError
 from ..experiments import Experiment, Stage2, parse_seeds, run_and_summarize
 from ..experiments.design import check_seed_axes
+from ..experiments.launch import CellsFailed
 from ..experiments.runner import check_configs
 from ..experiments.sweep import sweep_arms, sweep_comparisons
 from ..train import RunConfig
 from ..train.recipe import stage_config
 from ..train.rundir import open_run
 from ..utils.io import atomic_write_text
+from .args import add_launch_args, launch_of
 
 
 def parse_sweep(items: list[str]) -> dict[str, list]:
@@ -66,11 +74,13 @@ def register(sub) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="skip finished runs, continue unfinished ones")
     g.add_argument("--overwrite", action="store_true")
+    add_launch_args(p)
     p.set_defaults(func=run)
 
 
 def grid_record(args: argparse.Namespace, axes: dict, seeds: list[int] | None) -> dict:
-    """What defines a grid (saved as ``config.yaml``; ``--resume`` must match it)."""
+    """What defines a grid (saved as ``config.yaml``; ``--resume`` must match it). The launcher
+    options are how it runs, not what it is: they are not part of it."""
     file = yaml.safe_load(Path(args.config).read_text()) if args.config else None
     return {"axes": axes, "seeds": seeds, "overrides": list(args.overrides), "recipe": args.recipe, "config": file,
             "probe_mode": args.probe_mode, "probe_epochs": args.probe_epochs, "probe": list(args.probe),
@@ -91,14 +101,18 @@ def run(args: argparse.Namespace) -> int:
         raise Lm2vError("give at least one --sweep axis, e.g. --sweep labels.ratio=[0,1.0]")
     seeds = parse_seeds(args.seeds)
     out, record = Path(args.out), grid_record(args, axes, seeds)
-    exp = grid_experiment(args, axes, seeds)
+    exp, launch = grid_experiment(args, axes, seeds), launch_of(args)
     check_configs(exp, out)  # every config checked before any run
     if args.resume:
         _check_resumable(out, record)
     with open_run(out, resume=args.resume, overwrite=args.overwrite, kind="grid"):
         if not args.resume:
             atomic_write_text(out / "config.yaml", yaml.safe_dump(record, sort_keys=False))
-        text = run_and_summarize(exp, out, title="lm2v grid")
+        try:
+            text = run_and_summarize(exp, out, title="lm2v grid", launch=launch)
+        except CellsFailed as e:
+            print(e, file=sys.stderr)
+            return 1
     if text is not None:
         print("\n" + text)
     return 0

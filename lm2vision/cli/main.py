@@ -34,6 +34,7 @@ COMMANDS = {
     "phase": "phase",
     "detect": "dense",
     "segment": "dense",
+    "export": "export",
 }
 
 

@@ -9,10 +9,14 @@ an unfinished one continues from its last checkpoint. It ends with the per-arm t
 test accuracy, mean, std and 95% interval over seeds), the paper-style table, a figure with error
 bars, the paired comparisons with their verdicts, and the claims table: each of the paper's claims
 with its measured effect, interval and supported / contradicted / inconclusive.
+
+``--launcher local --jobs N``, ``--launcher slurm --slurm key=value``: the cells (arm x seed) run in
+parallel (see ``lm2v grid``); running again may use another launcher.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import yaml
@@ -21,13 +25,14 @@ from ..data.config import recipe_overrides
 from ..errors import Lm2vError
 from ..experiments import Experiment, Stage2, parse_seeds, run_and_summarize
 from ..experiments.design import check_seed_axes
+from ..experiments.launch import CellsFailed, Launch
 from ..experiments.presets import PRESETS, SCALES, claims_of, preset, scale
 from ..experiments.runner import check_configs
 from ..experiments.sweep import sweep_arms, sweep_comparisons
 from ..train.recipe import stage_config
 from ..train.rundir import open_run
 from ..utils.io import atomic_write_text
-from .args import allow_trailing_overrides
+from .args import add_launch_args, allow_trailing_overrides, launch_of
 
 
 def register(sub) -> None:
@@ -44,12 +49,14 @@ def register(sub) -> None:
                    "points (default 1)")
     p.add_argument("--out", help="output directory (default runs/reproduce/EXPERIMENT-SCALE)")
     p.add_argument("--overwrite", action="store_true", help="start again in an existing directory")
+    add_launch_args(p)
     p.set_defaults(func=run)
     allow_trailing_overrides(p)
 
 
 def record_of(args: argparse.Namespace, seeds: list[int]) -> dict:
-    """What defines the experiment (``config.yaml``); running again continues only if it matches."""
+    """What defines the experiment (``config.yaml``); running again continues only if it matches.
+    The launcher options are how it runs, not what it is: they are not part of it."""
     return {"experiment": args.experiment, "scale": args.scale, "model": args.model, "data": args.data,
             "seeds": seeds, "recipe": args.recipe, "margin": args.margin,
             "overrides": [o for o in args.overrides if not o.startswith("runtime.")]}
@@ -77,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     seeds = parse_seeds(args.seeds or scale(args.scale).seeds)
     out = Path(args.out or f"runs/reproduce/{args.experiment}-{args.scale}")
     record = record_of(args, seeds)
-    exp = build(args, seeds)
+    exp, launch = build(args, seeds), launch_of(args)
     check_configs(exp, out)
     again = (out / "config.yaml").is_file() and not args.overwrite
     if again:
@@ -87,16 +94,22 @@ def run(args: argparse.Namespace) -> int:
             atomic_write_text(out / "config.yaml", yaml.safe_dump(record, sort_keys=False))
         p = preset(args.experiment)
         title = f"lm2v reproduce {args.experiment} --scale {args.scale}"
-        if p.task:
-            text = _run_dense(args, exp, out, p.task, title)
-        else:
-            text = run_and_summarize(exp, out, title=title, paper_table=p.paper_table, x_axis=p.x_axis)
+        try:
+            if p.task:
+                text = _run_dense(args, exp, out, p.task, title, launch)
+            else:
+                text = run_and_summarize(exp, out, title=title, launch=launch, paper_table=p.paper_table,
+                                         x_axis=p.x_axis)
+        except CellsFailed as e:
+            print(e, file=sys.stderr)
+            return 1
     if text is not None:
         print("\n" + text + f"\n\nsummary: {out / 'summary.md'}  figure: {out / 'results.png'}")
     return 0
 
 
-def _run_dense(args: argparse.Namespace, exp: Experiment, out: Path, task: str, title: str) -> str | None:
+def _run_dense(args: argparse.Namespace, exp: Experiment, out: Path, task: str, title: str,
+               launch: Launch) -> str | None:
     """A dense preset: stage 1 on the classification data, then the dense task on the same dense set
     for every arm and seed (``--data`` is the dense set's root; offline, a synthetic set in OUT/data)."""
     from ..experiments.dense import dense_stage, summarize_dense, write_synthetic
@@ -104,7 +117,7 @@ def _run_dense(args: argparse.Namespace, exp: Experiment, out: Path, task: str, 
 
     root = args.data or write_synthetic(out, exp.arms[0].cell.model.image_size, 64)
     return run_and_summarize(exp, out, title, stage2=dense_stage(task, root, DENSE_SCALES[args.scale]),
-                             summarize=lambda e, o, t: summarize_dense(e, o, task, t))
+                             summarize=lambda e, o, t: summarize_dense(e, o, task, t), launch=launch)
 
 
 def _check_same(out: Path, record: dict) -> None:

@@ -8,7 +8,9 @@ from ..config import bounds, choices
 from ..errors import Lm2vError
 
 DATASETS = ("bundled", "cifar10", "cifar100")  # or a path to a folder / archive
-FORMATS = ("auto", "folder", "cifar10", "cifar100", "tiny-imagenet", "imagefolder")
+FORMATS = ("auto", "folder", "cifar10", "cifar100", "tiny-imagenet", "imagefolder", "hf")
+STORAGES = ("auto", "memory", "stream")
+HUB_PREFIX = "hf:"  # dataset=hf:ORG/NAME reads a Hugging Face hub dataset
 AUTOAUGMENT_POLICIES = ("none", "imagenet", "cifar10", "svhn")  # kornia's AutoAugment policy names
 
 # The method's authors' augmentation recipes, as overrides of the data section; a command's
@@ -37,10 +39,15 @@ class DataConfig:
     """Where the images come from and how they become batches.
 
     dataset: "bundled" (the CIFAR-10 subset shipped in the package, offline), "cifar10",
-        "cifar100" (read from ``root``), or a path to a folder / ``.tar.gz`` / ``.tgz`` / ``.tar``.
+        "cifar100" (read from ``root``), a path to a folder / ``.tar.gz`` / ``.tgz`` / ``.tar``, a
+        folder written by Hugging Face ``datasets``' ``save_to_disk`` (format ``hf``, detected), or
+        ``hf:ORG/NAME`` for a hub dataset (needs ``pip install "lm2vision[datasets]"`` and network).
     root: directory holding ``cifar-10-batches-bin/`` etc. for dataset cifar10/cifar100; default
         ``$LM2V_DATA`` or ``~/.cache/lm2vision/data``. Must be unset for the other datasets.
-    format: auto | folder | cifar10 | cifar100 | tiny-imagenet | imagefolder (auto: from the layout).
+    format: auto | folder | cifar10 | cifar100 | tiny-imagenet | imagefolder | hf (auto: from the layout).
+    image_column / label_column: the Hugging Face dataset's image and label columns; None: the one
+        ``Image`` feature / the one ``ClassLabel`` feature (none or several: an error listing the columns).
+    hf_config: the hub dataset's config name (``datasets.load_dataset(id, hf_config)``), if it has several.
     val_fraction: share of each training class carved out (seeded by ``split_seed``) as the
         validation split, unless the dataset ships a ``val/`` split; the test split is never touched.
     test_fraction: share of each class held out as test, only for a split-less ImageFolder.
@@ -61,6 +68,15 @@ class DataConfig:
         aspect 0.3..3.3, filled with 0 after normalisation), as timm's RandomErasing; needs kornia.
         These two are drawn per micro-batch, so unlike the crop they depend on the number of ranks
         and ``optim.accum_steps`` (see :meth:`lm2vision.train.loop.ClassificationSteps.batches`).
+    storage: where the decoded training images live. "memory": decoded once, moved to the device
+        (the fastest path); "stream": decoded per batch in ``workers`` DataLoader processes from the
+        files (folders and Hugging Face datasets, not archives or CIFAR files); "auto": stream when the
+        decoded uint8 train + val + test would exceed ``memory_limit_gb`` (the estimate, the threshold
+        and the choice are printed). Both paths give the same batches and losses; streamed images are
+        brought to one size as in memory (their shared size, else ``store_size``).
+    memory_limit_gb: the threshold of ``storage=auto``, in GB (10^9 bytes).
+    workers: DataLoader worker processes decoding streamed batches (0: in the training process).
+    prefetch: batches each worker decodes ahead (DataLoader's prefetch_factor).
     mean / std: per-channel normalisation of [0, 1] pixels; 0.5/0.5 maps pixels to [-1, 1]
         (the CIFAR-style convention used by the method's authors).
     """
@@ -82,5 +98,12 @@ class DataConfig:
     interpolation: str = field(default="bicubic", metadata=choices("bicubic", "bilinear"))
     autoaugment: str = field(default="none", metadata=choices(*AUTOAUGMENT_POLICIES))
     random_erasing: float = field(default=0.0, metadata=bounds(ge=0, le=1))
+    storage: str = field(default="auto", metadata=choices(*STORAGES))
+    memory_limit_gb: float = field(default=8.0, metadata=bounds(gt=0))
+    workers: int = field(default=4, metadata=bounds(ge=0))
+    prefetch: int = field(default=2, metadata=bounds(ge=1))
+    image_column: Optional[str] = None
+    label_column: Optional[str] = None
+    hf_config: Optional[str] = None
     mean: List[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: List[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])

@@ -26,7 +26,7 @@ from __future__ import annotations
 import io
 import struct
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import BinaryIO, Callable, Protocol
 
 import numpy as np
 import torch
@@ -67,6 +67,26 @@ class RawSplit:
     def add(self, name: str, label: int) -> None:
         self.names.append(name)
         self.labels.append(label)
+
+
+class Reader(Protocol):
+    """Gives a dataset file's bytes, or an open binary file (whose header alone may be read)."""
+
+    def read(self, name: str) -> bytes: ...
+
+    def open(self, name: str) -> BinaryIO: ...
+
+
+@dataclass
+class Source:
+    """A dataset's files, not yet read: the raw splits, the class names, a :class:`Reader`, where it is
+    (for messages) and what its reading left out so far (reported as one warning)."""
+
+    raw: dict[str, RawSplit]
+    classes: list[str]
+    reader: Reader
+    where: str
+    skipped: Skipped
 
 
 def decode_image(blob: bytes) -> np.ndarray:
@@ -154,17 +174,72 @@ def decode_splits(raw: dict[str, RawSplit], classes: list[str], read: Callable[[
     return {s: _stack(arrays[s], labels[s], classes, store_size if resize else None, sizes) for s in arrays}
 
 
+def _why(e: BaseException) -> str:
+    """One line saying why an image could not be used."""
+    return "not an image Pillow can identify" if isinstance(e, UnidentifiedImageError) else \
+        (str(e).splitlines() or [type(e).__name__])[0]
+
+
 def _read_one(name: str, read: Callable[[str], bytes], on_corrupt: str, skipped: Skipped) -> np.ndarray | None:
     """The decoded image, or None after recording why it was skipped (or raising, on_corrupt=error)."""
     try:
         return decode_image(read(name))
     except (Lm2vError, *DECODE_ERRORS) as e:
-        why = "not an image Pillow can identify" if isinstance(e, UnidentifiedImageError) else \
-            (str(e).splitlines() or [type(e).__name__])[0]
         if on_corrupt == "error":
-            raise Lm2vError(f"cannot use image file {name}: {why}") from None
-        skipped.add(CORRUPT, f"{name}: {why}" if isinstance(e, UnsupportedImage) else name)
+            raise Lm2vError(f"cannot use image file {name}: {_why(e)}") from None
+        skipped.add(CORRUPT, f"{name}: {_why(e)}" if isinstance(e, UnsupportedImage) else name)
         return None
+
+
+def image_header(f: BinaryIO) -> tuple[int, int]:
+    """(H, W) of an encoded image once upright (EXIF orientation applied), from its header alone;
+    raises as :func:`decode_image` on a file Pillow cannot identify or a mode it refuses."""
+    with Image.open(f) as im:
+        w, h = im.size
+        if im.mode not in (*EXACT, *SIXTEEN, *ALPHA, "I", "F", "P"):
+            raise UnsupportedImage(f"mode {im.mode} has no faithful RGB conversion")
+        if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # orientations that swap width and height
+            w, h = h, w
+    return h, w
+
+
+def scan_headers(raw: dict[str, RawSplit], reader: Reader, on_corrupt: str,
+                 skipped: Skipped) -> tuple[dict[str, RawSplit], set]:
+    """The raw splits without the files whose header Pillow cannot read or whose mode it refuses
+    (recorded in ``skipped``, or raising with ``on_corrupt="error"``), and the set of upright (H, W)."""
+    kept, sizes = {}, set()
+    for split, rs in raw.items():
+        kept[split] = RawSplit()
+        for name, y in zip(rs.names, rs.labels):
+            try:
+                with reader.open(name) as f:
+                    sizes.add(image_header(f))
+            except (Lm2vError, *DECODE_ERRORS) as e:
+                if on_corrupt == "error":
+                    raise Lm2vError(f"cannot use image file {name}: {_why(e)}") from None
+                skipped.add(CORRUPT, f"{name}: {_why(e)}" if isinstance(e, UnsupportedImage) else name)
+                continue
+            kept[split].add(name, y)
+    return kept, sizes
+
+
+def store_shape(sizes: set, store_size: int) -> tuple[tuple[int, int], bool]:
+    """The stored (H, W) of a set whose images have ``sizes``, and whether they are resized: the
+    shared size kept when there is one, else every image to ``store_size`` (:func:`decode_splits`)."""
+    if not sizes:
+        raise Lm2vError("dataset has no readable images")
+    return (next(iter(sizes)), False) if len(sizes) == 1 else ((store_size, store_size), True)
+
+
+def decode_stored(blob: bytes, shape: tuple[int, int], resize: bool) -> np.ndarray:
+    """One encoded image -> (H, W, 3) uint8 as :func:`decode_splits` stores it: resized to ``shape``
+    (short side + centre crop, as every image of a mixed-size set) or checked to have it."""
+    a = decode_image(blob)
+    if resize:
+        return _resize_short_centre_crop(a, shape[0])
+    if a.shape[:2] != tuple(shape):
+        raise ValueError(f"decoded to {a.shape[0]}x{a.shape[1]}, not the {shape[0]}x{shape[1]} of its header scan")
+    return a
 
 
 def _stack(arrs: list[np.ndarray], ys: list[int], classes: list[str], size: int | None,

@@ -5,6 +5,7 @@ to nothing) is recorded in a :class:`Skipped` that the reader reports as one war
 """
 from __future__ import annotations
 
+import io
 import os
 import tarfile
 import warnings
@@ -129,6 +130,20 @@ class FileTree:
             return (self.root / (self.prefix + rel)).read_bytes()
         except OSError as e:
             raise Lm2vError(f"cannot read {rel} in {self.root}: {e.strerror or e}") from None
+
+    def open(self, rel: str):
+        """The file at ``rel`` as an open binary file (read lazily from disk for a folder)."""
+        if self._blobs is not None:
+            return io.BytesIO(self.read(rel))
+        try:
+            return (self.root / (self.prefix + rel)).open("rb")
+        except OSError as e:
+            raise Lm2vError(f"cannot read {rel} in {self.root}: {e.strerror or e}") from None
+
+    @property
+    def is_archive(self) -> bool:
+        """True when the tree is a tar archive held in memory (it cannot be streamed per file)."""
+        return self._blobs is not None
 
     def under(self, folder: str) -> list[str]:
         """Files below ``folder`` (relative paths, sorted)."""

@@ -9,11 +9,13 @@ from pathlib import Path
 
 from .cifar import BINARY, PICKLED
 from .config import DataConfig
+from .hf import hub_fingerprint, is_hub_id
 from .readers import bundled_path, default_data_root
 
 
 def dataset_source(cfg: DataConfig) -> Path:
-    """The file or folder the dataset of ``cfg`` is read from."""
+    """The file or folder the dataset of ``cfg`` is read from (for a hub id ``hf:ORG/NAME``, that id as
+    a path that names no local file: the datasets cache is the library's)."""
     if cfg.dataset == "bundled":
         return bundled_path()
     if cfg.dataset in ("cifar10", "cifar100"):
@@ -44,5 +46,8 @@ def fingerprint_path(path: str | Path) -> dict:
 
 
 def fingerprint(cfg: DataConfig) -> dict:
-    """The fingerprint of the dataset of ``cfg`` (see :func:`fingerprint_path`)."""
+    """The fingerprint of the dataset of ``cfg`` (see :func:`fingerprint_path`); a hub dataset
+    (``hf:ORG/NAME``): its id, row count and ``datasets``' own fingerprints (:func:`hf.hub_fingerprint`)."""
+    if is_hub_id(cfg.dataset):
+        return hub_fingerprint(cfg.dataset, cfg.hf_config)
     return fingerprint_path(dataset_source(cfg))

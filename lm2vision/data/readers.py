@@ -3,7 +3,9 @@
 
 Layouts: class folders (``train/<class>/*``, ``test/<class>/*``, optional ``val/``), CIFAR-10/100
 (binary or pickled python version), Tiny ImageNet, and a split-less ImageFolder (``<class>/*``).
-Folders and ``.tar.gz``/``.tgz``/``.tar`` archives are read the same way (archives without extraction).
+Folders and ``.tar.gz``/``.tgz``/``.tar`` archives are read the same way (archives without extraction);
+Hugging Face datasets (:mod:`lm2vision.data.hf`) become the same raw files; folders and Hugging Face
+datasets can also be streamed (:mod:`lm2vision.data.stream`).
 """
 from __future__ import annotations
 
@@ -15,10 +17,11 @@ from pathlib import Path
 import torch
 
 from ..errors import Lm2vError
-from . import cifar
+from . import cifar, hf
 from .config import DATASETS, FORMATS, DataConfig
-from .decode import RawSplit, decode_splits, is_image_name
+from .decode import RawSplit, Source, decode_splits, is_image_name, scan_headers, store_shape
 from .files import FileTree, Skipped
+from .stream import LazyImageSet, storage_choice
 from .types import ImageSet
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -26,11 +29,18 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 
 @dataclass
 class DataSplits:
-    """The three splits of one dataset; they share ``classes`` and the stored image size."""
+    """The three splits of one dataset; they share ``classes`` and the stored image size. The splits are
+    :class:`ImageSet` (in memory) or, streamed, :class:`LazyImageSet`; ``note`` says which and why."""
 
-    train: ImageSet
-    val: ImageSet
-    test: ImageSet
+    train: ImageSet | LazyImageSet
+    val: ImageSet | LazyImageSet
+    test: ImageSet | LazyImageSet
+    note: str = ""
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the decoded uint8 images of the three splits."""
+        return self.train.nbytes + self.val.nbytes + self.test.nbytes
 
     @property
     def classes(self) -> list[str]:
@@ -236,8 +246,16 @@ def _imagefolder_raw(tree: FileTree, test_fraction: float, seed: int,
     if not by_class:
         raise Lm2vError(f"no images found in {tree.root} (expected <class>/<image> files)")
     classes = sorted(by_class)
-    files = [f for c in classes for f in by_class[c]]
-    labels = torch.tensor([i for i, c in enumerate(classes) for _ in by_class[c]])
+    train = RawSplit()
+    for i, c in enumerate(classes):
+        for f in by_class[c]:
+            train.add(f, i)
+    return _carve_test(train, classes, test_fraction, seed), classes
+
+
+def _carve_test(train: RawSplit, classes: list[str], test_fraction: float, seed: int) -> dict[str, RawSplit]:
+    """A split-less set's seeded, stratified train/test split (``test_fraction`` of each class)."""
+    labels = torch.tensor(train.labels, dtype=torch.long)
     train_idx, test_idx = stratified_split(labels, test_fraction, seed)
     option = f"data.test_fraction={test_fraction}"
     _check_no_lost_class(labels, train_idx, classes, "test", option)
@@ -246,8 +264,8 @@ def _imagefolder_raw(tree: FileTree, test_fraction: float, seed: int,
     for split, idx in (("train", train_idx), ("test", test_idx)):
         raw[split] = RawSplit()
         for i in idx.tolist():
-            raw[split].add(files[i], int(labels[i]))
-    return raw, classes
+            raw[split].add(train.names[i], train.labels[i])
+    return raw
 
 
 def detect_format(tree: FileTree) -> str:
@@ -262,20 +280,26 @@ def detect_format(tree: FileTree) -> str:
     return "imagefolder"
 
 
-def read_dataset(path: str | Path, format: str = "auto", store_size: int = 32, on_corrupt: str = "skip",
-                 test_fraction: float = 0.2, split_seed: int = 0) -> dict[str, ImageSet]:
-    """Read the folder or archive at ``path`` into ``{"train", "test"[, "val"]}`` image sets.
-
-    Every file or folder left out (hidden, non-image, outside the layout, corrupt, ...) is counted and
-    named in ONE warning; CIFAR layouts read a fixed list of files and ignore the rest of the folder.
-    """
+def _layout(path: str | Path, format: str) -> tuple[str, FileTree | None]:
+    """The format of the dataset at ``path`` and its file tree (None for a Hugging Face dataset)."""
     if format not in FORMATS:
         raise Lm2vError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if format == "hf" or (format == "auto" and (hf.is_hub_id(str(path)) or hf.is_saved_dataset(path))):
+        return "hf", None
     tree = FileTree(path)
-    fmt = detect_format(tree) if format == "auto" else format
-    if fmt in ("cifar10", "cifar100"):
-        return cifar.read_cifar_tree(tree, fmt)
-    try:  # the warning comes even when the read fails: it may say why (e.g. every file was a .tif)
+    return (detect_format(tree) if format == "auto" else format), tree
+
+
+def _file_source(path: str | Path, fmt: str, tree: FileTree | None, test_fraction: float, split_seed: int,
+                 hf_options: dict) -> Source:
+    """The files of a one-file-per-image dataset (any layout but CIFAR's), not yet read; when building
+    it fails, what was left out so far is still reported (it may say why)."""
+    if fmt == "hf":
+        src = hf.hf_source(str(path), **hf_options)
+        if "test" not in src.raw:
+            src.raw = {**src.raw, **_carve_test(src.raw["train"], src.classes, test_fraction, split_seed)}
+        return src
+    try:
         if not tree.files:
             raise Lm2vError(f"dataset is empty: {tree.root}")
         if fmt == "tiny-imagenet":
@@ -284,9 +308,58 @@ def read_dataset(path: str | Path, format: str = "auto", store_size: int = 32, o
             raw, classes = _folder_raw(tree, tree.skipped)
         else:
             raw, classes = _imagefolder_raw(tree, test_fraction, split_seed, tree.skipped)
-        return decode_splits(raw, classes, tree.read, store_size, on_corrupt, tree.skipped)
-    finally:
+    except Lm2vError:
         tree.skipped.warn(tree.root)
+        raise
+    return Source(raw, classes, tree, str(tree.root), tree.skipped)
+
+
+def read_dataset(path: str | Path, format: str = "auto", store_size: int = 32, on_corrupt: str = "skip",
+                 test_fraction: float = 0.2, split_seed: int = 0, image_column: str | None = None,
+                 label_column: str | None = None, hf_config: str | None = None) -> dict[str, ImageSet]:
+    """Read the folder, archive or Hugging Face dataset (a ``save_to_disk`` folder or ``hf:ORG/NAME``;
+    see :mod:`lm2vision.data.hf` for the column options) at ``path`` into ``{"train", "test"[, "val"]}``.
+
+    Every file or folder left out (hidden, non-image, outside the layout, corrupt, ...) is counted and
+    named in ONE warning; CIFAR layouts read a fixed list of files and ignore the rest of the folder.
+    """
+    fmt, tree = _layout(path, format)
+    if fmt in ("cifar10", "cifar100"):
+        return cifar.read_cifar_tree(tree, fmt)
+    src = _file_source(path, fmt, tree, test_fraction, split_seed,
+                       {"image_column": image_column, "label_column": label_column, "hf_config": hf_config})
+    try:  # the warning comes even when the read fails: it may say why (e.g. every file was a .tif)
+        return decode_splits(src.raw, src.classes, src.reader.read, store_size, on_corrupt, src.skipped)
+    finally:
+        src.skipped.warn(src.where)
+
+
+def _stream_sets(cfg: DataConfig) -> tuple[dict[str, LazyImageSet] | None, Source | str]:
+    """The lazily decoded splits of ``cfg``'s dataset and its source (whose warning the caller emits
+    once it streams), or (None, why it cannot stream)."""
+    if cfg.dataset == "bundled":
+        return None, "the bundled set is a .tar.gz archive"
+    if cfg.dataset in ("cifar10", "cifar100"):
+        return None, f"{cfg.dataset} is read from CIFAR batch files, not one file per image"
+    fmt, tree = _layout(cfg.dataset, cfg.format)
+    if fmt in ("cifar10", "cifar100"):
+        return None, f"{cfg.dataset} is in CIFAR batch files, not one file per image"
+    if tree is not None and tree.is_archive:
+        return None, f"{cfg.dataset} is an archive, read whole into memory; extract it and pass the folder"
+    src = _file_source(cfg.dataset, fmt, tree, cfg.test_fraction, cfg.split_seed, _hf_options(cfg))
+    try:
+        raw, sizes = scan_headers(src.raw, src.reader, cfg.on_corrupt, src.skipped)
+        shape, resize = store_shape(sizes, cfg.store_size)
+    except Lm2vError:
+        src.skipped.warn(src.where)
+        raise
+    sets = {s: LazyImageSet(rs.names, torch.tensor(rs.labels, dtype=torch.long), list(src.classes), src.reader,
+                            shape, resize) for s, rs in raw.items()}
+    return sets, src
+
+
+def _hf_options(cfg: DataConfig) -> dict:
+    return {"image_column": cfg.image_column, "label_column": cfg.label_column, "hf_config": cfg.hf_config}
 
 
 # ---------------------------------------------------------------- the dispatcher
@@ -321,10 +394,11 @@ def _read_source(cfg: DataConfig) -> dict[str, ImageSet]:
         if cfg.format not in ("auto", cfg.dataset):
             raise Lm2vError(f"dataset={cfg.dataset} cannot be read with format={cfg.format}")
         return cifar.read_cifar(cfg.root or default_data_root(), cfg.dataset, cfg.download)
-    return read_dataset(cfg.dataset, cfg.format, cfg.store_size, cfg.on_corrupt, cfg.test_fraction, cfg.split_seed)
+    return read_dataset(cfg.dataset, cfg.format, cfg.store_size, cfg.on_corrupt, cfg.test_fraction, cfg.split_seed,
+                        **_hf_options(cfg))
 
 
-def load_imageset_splits(cfg: DataConfig) -> DataSplits:
+def load_imageset_splits(cfg: DataConfig, stream_ok: bool = False) -> DataSplits:
     """Read the dataset of ``cfg`` and return train / val / test.
 
     The caps (``max_*_per_class``) are applied first; then, unless the dataset ships a ``val/`` split,
@@ -332,9 +406,37 @@ def load_imageset_splits(cfg: DataConfig) -> DataSplits:
     The test split is never used for anything else. An empty split, a validation split with fewer
     images than classes, or a class left with no training image is an Lm2vError naming the option
     that fixes it (choices such as the probe's learning rate are made on the validation split).
+
+    ``stream_ok`` (training): ``data.storage`` may give :class:`LazyImageSet` splits decoded per batch
+    (stream, or auto above ``data.memory_limit_gb``); the choice is the returned splits' ``note``.
+    Without it (analysis, screening) the splits are always decoded in memory.
     """
     _check_config(cfg)
-    sets = _read_source(cfg)
+    if not stream_ok or cfg.storage == "memory":
+        return _split(cfg, _read_source(cfg))
+    sets, src = _stream_sets(cfg)
+    if sets is None:
+        if cfg.storage == "stream":
+            raise Lm2vError(f"data.storage=stream cannot stream {cfg.dataset}: {src}; or use data.storage=memory")
+        splits = _split(cfg, _read_source(cfg))
+        stream, note = storage_choice("auto", splits.nbytes, cfg.memory_limit_gb)
+        splits.note = note + (f", but {src}: kept in memory" if stream else "")
+        return splits
+    splits = _split(cfg, sets)
+    stream, note = storage_choice(cfg.storage, splits.nbytes, cfg.memory_limit_gb)
+    if not stream:
+        splits = _split(cfg, _read_source(cfg))
+        splits.note = note
+        return splits
+    src.skipped.warn(src.where)
+    (h, w), resize = splits.train.shape, splits.train.resize
+    splits.note = (f"{note}; decoded per batch by {cfg.workers} DataLoader worker(s), every image "
+                   + (f"brought to {h}x{w} (shorter side, centre crop)" if resize else f"{h}x{w} as stored"))
+    return splits
+
+
+def _split(cfg: DataConfig, sets: dict) -> DataSplits:
+    """Caps, then the validation split (the dataset's own, or carved): the splits of ``sets``."""
     train, test = sets["train"], sets["test"]
     for name, split in (("training", train), ("test", test)):
         if len(split) == 0:

@@ -37,6 +37,11 @@ class ImageSet:
     def image_size(self) -> int:
         return self.images.shape[-1]
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the uint8 images."""
+        return self.images.numel()
+
     def subset(self, index: torch.Tensor) -> "ImageSet":
         """A new set with the rows at ``index`` (a view-free copy)."""
         return ImageSet(self.images[index], self.labels[index], list(self.classes))

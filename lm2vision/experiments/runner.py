@@ -45,6 +45,13 @@ def probe_stage(exp: Experiment) -> Stage2Runs:
     return stage2
 
 
+def cell_runs(arm: Arm, seed: int | None, where: Path, stage2: Stage2Runs) -> list[tuple]:
+    """The runs of one cell (an arm and a seed, under ``where``) in order, as (config, run directory,
+    runner): its bridge (if bridged), then ``stage2(arm, seed, where)``."""
+    bridge = [(seeded(arm.cell, seed), where / "bridge", run_stage)] if arm.bridged else []
+    return bridge + [stage2(arm, seed, where)]
+
+
 def run_experiment(exp: Experiment, out: Path, stage2: Stage2Runs | None = None) -> Path | None:
     """Every arm for every seed (seed by seed, so the first seeds' picture is whole early): its bridge,
     then ``stage2(arm, seed, where)`` -> (config, run directory, runner), by default the probe.
@@ -52,10 +59,7 @@ def run_experiment(exp: Experiment, out: Path, stage2: Stage2Runs | None = None)
     stage2 = stage2 or probe_stage(exp)
     for seed in exp.seed_list():
         for arm in exp.arms:
-            where = seed_dir(out, arm, seed)
-            if arm.bridged and not run_or_resume(seeded(arm.cell, seed), where / "bridge"):
-                return where / "bridge"
-            cfg, run, start = stage2(arm, seed, where)
-            if not run_or_resume(cfg, run, start):
-                return run
+            for cfg, run, start in cell_runs(arm, seed, seed_dir(out, arm, seed), stage2):
+                if not run_or_resume(cfg, run, start):
+                    return run
     return None

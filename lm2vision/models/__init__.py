@@ -1,11 +1,14 @@
 """Backbones: any Hugging Face language model as a vision backbone, and freezing by named groups."""
 from .arch import ARCH, TINY_CONFIGS, ArchSpec, arch_for
 from .backbone import ModelConfig, PatchEmbed, VisionBackbone, check_model_config
-from .factory import DEFAULT_MODEL, create_backbone, embedded_minilm_path, load_lm_config
+from .factory import (DEFAULT_MODEL, create_backbone, embedded_minilm_path, export_model_section, exported_config,
+                      load_lm_config)
 from .freeze import TrainableSpec, apply_trainable, parse_blocks, select_parameters, trainable_summary
+from .hub import HubBackbone, create_model, preprocessing, to_hub
 
 __all__ = [
     "ARCH", "TINY_CONFIGS", "ArchSpec", "arch_for", "ModelConfig", "PatchEmbed", "VisionBackbone",
-    "check_model_config", "DEFAULT_MODEL", "create_backbone", "embedded_minilm_path", "load_lm_config",
-    "TrainableSpec", "apply_trainable", "parse_blocks", "select_parameters", "trainable_summary",
+    "check_model_config", "DEFAULT_MODEL", "create_backbone", "embedded_minilm_path", "export_model_section",
+    "exported_config", "load_lm_config", "TrainableSpec", "apply_trainable", "parse_blocks", "select_parameters",
+    "trainable_summary", "HubBackbone", "create_model", "preprocessing", "to_hub",
 ]

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
+import json
 import os
 import re
 import socket
@@ -13,10 +15,11 @@ from urllib.parse import urlparse
 
 import torch
 from huggingface_hub import constants as hub_constants
-from huggingface_hub import is_offline_mode
+from huggingface_hub import hf_hub_download, is_offline_mode
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from safetensors import SafetensorError
+from safetensors.torch import load_model
 from transformers import AutoConfig, AutoModel, PretrainedConfig
 from transformers.utils import logging as hf_logging
 
@@ -25,6 +28,9 @@ from .arch import TINY_CONFIGS, ArchSpec, arch_for
 from .backbone import ModelConfig, VisionBackbone, check_model_config
 
 DEFAULT_MODEL = "minilm"
+EXPORT_LIBRARY = "lm2vision"  # config.json's "library" in a folder written by ``lm2v export``: the marker
+# ModelConfig fields an export's weights fix: a config that sets another value is refused
+EXPORT_FIELDS = ("image_size", "patch_size", "positions", "pooling", "attention")
 
 
 def embedded_minilm_path() -> Path:
@@ -115,8 +121,10 @@ def _first_line(e: Exception) -> str:
 def load_lm_config(name: str) -> PretrainedConfig:
     """The Hugging Face config of ``name`` (tiny alias, embedded alias, local path or hub id)."""
     if name in TINY_CONFIGS:
-        spec = dict(TINY_CONFIGS[name])
-        return AutoConfig.for_model(spec.pop("model_type"), **spec)
+        return _config_from_dict(TINY_CONFIGS[name])
+    export = exported_config(name)
+    if export is not None:
+        return _config_from_dict(export["lm_config"])
     source = resolve_source(name)
     if os.path.isdir(source) and not os.path.isfile(os.path.join(source, "config.json")):
         raise Lm2vError(f"no config.json in model directory {source}")
@@ -125,6 +133,98 @@ def load_lm_config(name: str) -> PretrainedConfig:
             return AutoConfig.from_pretrained(source, **_hub_kwargs(source))
     except (OSError, ValueError) as e:
         raise Lm2vError(_not_cached(name, source, e) or f"cannot load model {name!r}: {_first_line(e)}") from None
+
+
+def _config_from_dict(d: dict) -> PretrainedConfig:
+    d = dict(d)
+    return AutoConfig.for_model(d.pop("model_type"), **d)
+
+
+# -- exported backbones (``lm2v export``): a folder or hub repo with our marker in config.json ----------
+
+
+def exported_config(name: str) -> dict | None:
+    """The ``config.json`` of an lm2vision export named by ``name`` (a folder or a hub repo id), or
+    None for any other name: a config.json without the marker is an ordinary Hugging Face model's."""
+    if name == DEFAULT_MODEL or name in TINY_CONFIGS:
+        return None
+    path = _export_file(name, "config.json")
+    if path is None:
+        return None
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None  # not ours: the Hugging Face loader reports it
+    if not isinstance(config, dict) or config.get("library") != EXPORT_LIBRARY:
+        return None
+    if not isinstance(config.get("model"), dict) or not isinstance(config.get("lm_config"), dict):
+        raise Lm2vError(f"{path} is marked as an lm2vision export but lacks its 'model' or 'lm_config' section")
+    return config
+
+
+def export_model_section(name: str) -> dict | None:
+    """The ModelConfig fields of the export ``name`` as a config section (``name`` the export itself,
+    ``pretrained`` true: its weights), or None when ``name`` is not an export."""
+    export = exported_config(name)
+    if export is None:
+        return None
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    return {**{k: v for k, v in export["model"].items() if k in known}, "name": name, "pretrained": True}
+
+
+def _export_file(name: str, filename: str) -> Path | None:
+    """``filename`` of the folder or hub repo ``name`` (downloaded once to the hub cache), or None."""
+    source = resolve_source(name)
+    if os.path.isdir(source):
+        path = Path(source) / filename
+        return path if path.is_file() else None
+    try:
+        return Path(hf_hub_download(source, filename, **_hub_kwargs(source)))
+    except (OSError, ValueError):  # not cached offline, no such repo or file: not an export
+        return None
+
+
+def check_export_fields(cfg: ModelConfig, model: dict) -> None:
+    """Refuse a config whose architecture differs from the export's, naming the field."""
+    for key in EXPORT_FIELDS:
+        if key in model and getattr(cfg, key) != model[key]:
+            raise Lm2vError(f"model.{key}={getattr(cfg, key)} differs from the export's {model[key]!r} ({cfg.name}): "
+                            "its weights fit only its own architecture; drop the override")
+
+
+def load_backbone_weights(model: torch.nn.Module, path: Path, what: str) -> None:
+    """Load a safetensors file written by ``safetensors.torch.save_model`` (shared tensors stored once)
+    into ``model``; every tensor must be accounted for: a missing, extra or mis-shaped one is an error."""
+    try:
+        missing, unexpected = load_model(model, str(path), strict=False)
+    except (SafetensorError, OSError) as e:
+        raise Lm2vError(f"{path} is damaged or not a safetensors file ({_first_line(e)})") from None
+    except RuntimeError as e:  # a tensor of another shape
+        raise Lm2vError(f"weights of {what} do not match its architecture: {str(e).splitlines()[0]}") from None
+    if missing or unexpected:
+        raise Lm2vError(f"weights of {what} do not match its architecture: missing {sorted(missing)[:3]}, "
+                        f"unexpected {sorted(unexpected)[:3]}")
+
+
+def _from_export(cfg: ModelConfig, export: dict, cls: type[VisionBackbone]) -> VisionBackbone:
+    """The exported backbone on ``cfg`` (its architecture fields must be the export's): built from the
+    export's own language-model config (offline), then its weights unless ``pretrained`` is false; a
+    ``num_classes`` other than the export's gives a fresh head (``reset_classifier``)."""
+    check_export_fields(cfg, export["model"])
+    config = _config_from_dict(export["lm_config"])
+    spec = arch_for(config.model_type)
+    config = _apply_dropout(config, spec.dropout_keys, cfg.dropout)
+    model = cls(_build_lm(dataclasses.replace(cfg, pretrained=False), config), spec, cfg)
+    if cfg.pretrained:
+        wanted, exported = cfg.num_classes, export["model"].get("num_classes", cfg.num_classes)
+        weights = _export_file(cfg.name, "model.safetensors")
+        if weights is None:
+            raise Lm2vError(f"export {cfg.name!r} has no model.safetensors")
+        model.reset_classifier(exported)  # the export's head shape, so that every tensor loads
+        load_backbone_weights(model, weights, f"export {cfg.name!r}")
+        if wanted != exported:
+            model.reset_classifier(wanted)
+    return model
 
 
 def _apply_dropout(config: PretrainedConfig, keys: tuple[str, ...], rate: float | None) -> PretrainedConfig:
@@ -186,15 +286,20 @@ def _quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
-def create_backbone(cfg: ModelConfig) -> VisionBackbone:
-    """Build the vision backbone described by ``cfg``.
+def create_backbone(cfg: ModelConfig, cls: type[VisionBackbone] = VisionBackbone) -> VisionBackbone:
+    """Build the vision backbone described by ``cfg`` (as ``cls``, a VisionBackbone subclass).
 
     ``pretrained=False`` builds the same architecture from its config alone and never reads the
     weights file. Fresh parts (patch embedding, head, our positions) are seeded by ``init_seed``.
+    A ``name`` that is an lm2vision export (``lm2v export``) gives the exported backbone, every
+    tensor of it (see :func:`_from_export`).
     """
     check_model_config(cfg)
+    export = exported_config(cfg.name)
+    if export is not None:
+        return _from_export(cfg, export, cls)
     config = load_lm_config(cfg.name)
     spec = arch_for(config.model_type)
     config = _apply_dropout(config, spec.dropout_keys, cfg.dropout)
     lm = _build_lm(cfg, config)
-    return VisionBackbone(lm, spec, cfg)
+    return cls(lm, spec, cfg)

@@ -23,9 +23,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import load_file, save_file, save_model
 
 from ..errors import Lm2vError, Lm2vWarning
+from ..models.factory import load_backbone_weights
 from ..utils.io import atomic_copy, atomic_write, atomic_write_json, fault_point
 
 CKPT_DIR = "checkpoints"
@@ -61,17 +62,10 @@ def save_full_model(path: Path, model: nn.Module) -> None:
 
 def load_full_model(path: Path, model: nn.Module) -> None:
     """Load weights saved by :func:`save_full_model`; any missing or extra tensor is an error, and
-    so is a damaged file."""
+    so is a damaged file (:func:`lm2vision.models.factory.load_backbone_weights`)."""
     if not Path(path).is_file():
         raise Lm2vError(f"weights file not found: {path}")
-    try:
-        missing, unexpected = load_model(model, str(path), strict=False)
-    except (SafetensorError, OSError) as e:
-        raise Lm2vError(f"{path} is damaged or not a safetensors file ({e})") from None
-    except RuntimeError as e:  # a tensor of another shape
-        raise Lm2vError(f"{path} does not match the model: {str(e).splitlines()[0]}") from None
-    if missing or unexpected:
-        raise Lm2vError(f"{path} does not match the model: missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
+    load_backbone_weights(model, Path(path), str(path))
 
 
 def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:

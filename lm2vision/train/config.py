@@ -16,6 +16,7 @@ from ..data.config import DataConfig
 from ..data.transforms import check_augment
 from ..errors import Lm2vError
 from ..models import ModelConfig, TrainableSpec
+from .trackers import TRACKERS, require
 
 
 @dataclass
@@ -73,6 +74,11 @@ class RuntimeConfig:
     # also test after every epoch, to show the authors' figure (best test accuracy over epochs) beside the
     # final-epoch one; it is never used to select anything (the final model is the last epoch's)
     test_each_epoch: bool = False
+    # experiment trackers beside metrics.jsonl and TensorBoard (lm2vision.train.trackers); each is an extra
+    loggers: List[str] = field(default_factory=list, metadata=choices(*TRACKERS))
+    # MLflow store (URI or folder); unset: $MLFLOW_TRACKING_URI, else mlruns/ in the run's outermost lm2v folder
+    mlflow_uri: Optional[str] = None
+    tracker_project: str = "lm2vision"  # MLflow experiment / W&B project
 
 
 @dataclass
@@ -156,6 +162,20 @@ def check_optim(cfg: OptimConfig) -> None:
         raise Lm2vError(f"optim.batch_size {cfg.batch_size} must be divisible by optim.accum_steps {cfg.accum_steps}")
 
 
+def check_trackers(rt: RuntimeConfig) -> None:
+    """Each of ``runtime.loggers`` named once and its library importable (before the run directory
+    exists); a project name and, when set, an MLflow store that are not empty."""
+    twice = sorted({name for name in rt.loggers if rt.loggers.count(name) > 1})
+    if twice:
+        raise Lm2vError(f"runtime.loggers names {', '.join(twice)} more than once")
+    for name in rt.loggers:
+        require(name)
+    if not rt.tracker_project.strip():
+        raise Lm2vError("runtime.tracker_project is empty: name the MLflow experiment / W&B project")
+    if rt.mlflow_uri is not None and not rt.mlflow_uri.strip():
+        raise Lm2vError("runtime.mlflow_uri is empty: give a URI or folder, or leave it unset (null)")
+
+
 def check_run_config(cfg: RunConfig) -> None:
     """One-line errors for settings that cannot run: the declared choices and bounds
     (:func:`lm2vision.config.validate`), then the rules that tie fields together."""
@@ -163,6 +183,7 @@ def check_run_config(cfg: RunConfig) -> None:
     check_augment(cfg.data)  # kornia for AutoAugment / random erasing, before the run directory exists
     check_optim(cfg.optim)
     check_device(cfg.runtime.device)
+    check_trackers(cfg.runtime)
     if cfg.data.root and cfg.data.dataset not in ("cifar10", "cifar100"):
         raise Lm2vError(f"data.root is read only for data.dataset cifar10 or cifar100, not {cfg.data.dataset!r} "
                         "(give a folder or archive as data.dataset=PATH)")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ..data import DataConfig, ImageSet, augment_batch, check_augment, epoch_batches, eval_batches, eval_transform
 from ..data.loader import num_batches
+from ..data.stream import LazyImageSet, stream_batches
 from ..data.transforms import kornia_settings, sample_crop_params
 from ..errors import Lm2vError
 from .config import OptimConfig
@@ -27,7 +28,11 @@ from .optim import base_lr, lr_at, micro_batch_size, set_lr
 
 @dataclass
 class DeviceSet:
-    """An ImageSet moved to the device once: uint8 images (N, 3, H, W) and labels (N,)."""
+    """An ImageSet moved to the device once: uint8 images (N, 3, H, W) and labels (N,).
+
+    Like :class:`StreamSet`, it gives the uint8 images of index batches (:meth:`gather`), its
+    ``aspect`` (W / H) and its first images (:meth:`first`): the training loop, evaluation, feature
+    extraction and the phase probe use only these, so they run unchanged on either."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -38,6 +43,60 @@ class DeviceSet:
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+    @property
+    def aspect(self) -> float:
+        return self.images.shape[-1] / self.images.shape[-2]
+
+    def gather(self, index_batches: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """The uint8 images (m, 3, H, W) of each index batch, in order, on the device."""
+        for idx in index_batches:
+            yield self.images[idx.to(self.images.device)]
+
+    def first(self, n: int) -> torch.Tensor:
+        """The first ``n`` images (fewer if the set is smaller)."""
+        return self.images[:n]
+
+
+@dataclass
+class StreamSet:
+    """A :class:`LazyImageSet` streamed to the device: each index batch decoded by ``workers`` DataLoader
+    processes (:func:`stream_batches`), pinned, copied with ``non_blocking``; labels (N,) on the device.
+    The same index batches give the same uint8 images as the set's :class:`DeviceSet`."""
+
+    source: LazyImageSet
+    labels: torch.Tensor
+    device: torch.device
+    workers: int = 0
+    prefetch: int = 2
+
+    @classmethod
+    def of(cls, s: LazyImageSet, device: torch.device, dcfg: DataConfig) -> "StreamSet":
+        return cls(s, s.labels.to(device), device, dcfg.workers, dcfg.prefetch)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    @property
+    def aspect(self) -> float:
+        return self.source.shape[1] / self.source.shape[0]
+
+    def gather(self, index_batches: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """The uint8 images (m, 3, H, W) of each index batch, in order, decoded ahead in the workers."""
+        rows = index_batches.cpu().tolist() if isinstance(index_batches, torch.Tensor) else \
+            [idx.tolist() for idx in index_batches]  # one host copy for the whole epoch
+        pin = self.device.type == "cuda"
+        for batch in stream_batches(self.source, rows, self.workers, self.prefetch, pin):
+            yield batch.to(self.device, non_blocking=pin)
+
+    def first(self, n: int) -> torch.Tensor:
+        """The first ``n`` images (fewer if the set is smaller)."""
+        return self.source.load(range(min(n, len(self)))).to(self.device)
+
+
+def device_set(s: ImageSet | LazyImageSet, device: torch.device, dcfg: DataConfig) -> DeviceSet | StreamSet:
+    """A split on the device: in memory (:class:`DeviceSet`) or streamed (:class:`StreamSet`)."""
+    return StreamSet.of(s, device, dcfg) if isinstance(s, LazyImageSet) else DeviceSet.of(s, device)
 
 
 def check_finite_loss(loss: float, epoch: int) -> None:
@@ -102,7 +161,7 @@ class ClassificationSteps:
     same for any number of processes and micro-batches (AutoAugment and random erasing are not, see
     :meth:`batches`)."""
 
-    data: DeviceSet
+    data: DeviceSet | StreamSet
     dcfg: DataConfig
     image_size: int
     seed: int
@@ -127,14 +186,14 @@ class ClassificationSteps:
         augmentation, so resumes are exact, but with several ranks or ``accum > 1`` it is not the one a
         single process would draw, and kornia's draws on an accelerator differ from those on the CPU.
         """
-        aspect = self.data.images.shape[-1] / self.data.images.shape[-2]
-        order, params = epoch_plan(len(self.data), epoch, self.seed, self.batch_size, self.dcfg, aspect, self.rt)
+        order, params = epoch_plan(len(self.data), epoch, self.seed, self.batch_size, self.dcfg, self.data.aspect,
+                                   self.rt)
         steps, local = order.shape
         order = order.reshape(steps * accum, local // accum)  # (micro-batches, m)
         params = None if params is None else params.reshape(steps * accum, local // accum, 5)
         seeded = bool(kornia_settings(self.dcfg))
-        for i in range(order.shape[0]):
-            images, y = self.data.images[order[i]], self.data.labels[order[i]]  # (m, 3, H, W) uint8, (m,)
+        for i, images in enumerate(self.data.gather(order)):  # (m, 3, H, W) uint8
+            y = self.data.labels[order[i]]  # (m,)
             crop = None if params is None else params[i]  # (m, 5)
             seed = self.augment_seed(epoch, i // accum, i % accum) if seeded else None
             yield augment_batch(images, crop, self.image_size, self.dcfg, seed), y
@@ -233,7 +292,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: De
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: DeviceSet, image_size: int, dcfg: DataConfig, rt: Runtime,
+def evaluate(model: nn.Module, data: DeviceSet | StreamSet, image_size: int, dcfg: DataConfig, rt: Runtime,
              batch_size: int = 256, predictions: bool = False) -> dict:
     """Loss (no smoothing) and top-1 accuracy over every image of ``data``, summed over ranks.
 
@@ -243,12 +302,14 @@ def evaluate(model: nn.Module, data: DeviceSet, image_size: int, dcfg: DataConfi
     model.eval()
     sums = torch.zeros(3, device=rt.device)
     pred = torch.zeros(len(data) if predictions else 0, dtype=torch.long, device=rt.device)
-    for idx in eval_batches(len(data), batch_size * rt.world_size, rt.rank, rt.world_size):
-        # Every rank runs every forward, even on an empty slice: under FSDP a forward is a collective,
-        # and a rank that skipped one would hang the others. An empty slice runs image 0 and counts 0.
-        weight = 1.0 if len(idx) else 0.0
-        idx = (idx if len(idx) else torch.zeros(1, dtype=torch.long)).to(data.images.device)
-        x = eval_transform(data.images[idx], image_size, dcfg)
+    # Every rank runs every forward, even on an empty slice: under FSDP a forward is a collective,
+    # and a rank that skipped one would hang the others. An empty slice runs image 0 and counts 0.
+    slices = list(eval_batches(len(data), batch_size * rt.world_size, rt.rank, rt.world_size))
+    weights = [1.0 if len(idx) else 0.0 for idx in slices]
+    slices = [idx if len(idx) else torch.zeros(1, dtype=torch.long) for idx in slices]
+    for idx, weight, images in zip(slices, weights, data.gather(slices)):
+        idx = idx.to(rt.device)
+        x = eval_transform(images, image_size, dcfg)
         y = data.labels[idx]
         with rt.autocast():
             logits = model(x).float()
@@ -265,11 +326,12 @@ def evaluate(model: nn.Module, data: DeviceSet, image_size: int, dcfg: DataConfi
 
 
 @torch.no_grad()  # not inference_mode: stage 2 trains heads on these features, which autograd must save
-def extract_features(model: nn.Module, images: torch.Tensor, batch_size: int = 256, progress: bool = False,
-                     prepare: Callable[[torch.Tensor], torch.Tensor] | None = None, rt: Runtime | None = None,
-                     desc: str = "features") -> torch.Tensor:
+def extract_features(model: nn.Module, images: torch.Tensor | DeviceSet | StreamSet, batch_size: int = 256,
+                     progress: bool = False, prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                     rt: Runtime | None = None, desc: str = "features") -> torch.Tensor:
     """Pooled features ``model.pool(model.forward_features(x))`` (N, C) of every image, in order, in
     float32, on the images' device; one forward pass in eval mode (the model's mode is restored).
+    ``images``: a tensor, or a set on the device (its batches come from its ``gather``).
 
     ``prepare`` maps a batch of ``images`` to the model's input (stage 2: ``eval_transform`` of the
     stored uint8 images; None: ``images`` are the input already); ``rt`` gives autocast.
@@ -278,7 +340,9 @@ def extract_features(model: nn.Module, images: torch.Tensor, batch_size: int = 2
     model.eval()
     feats = []
     try:
-        for x in tqdm(images.split(batch_size), desc=desc, leave=False, disable=not progress):
+        batches = images.split(batch_size) if isinstance(images, torch.Tensor) else \
+            images.gather(torch.arange(len(images)).split(batch_size))
+        for x in tqdm(batches, desc=desc, leave=False, disable=not progress):
             x = prepare(x) if prepare is not None else x
             with rt.autocast() if rt is not None else nullcontext():
                 feats.append(model.pool(model.forward_features(x)).float())  # (b, C)

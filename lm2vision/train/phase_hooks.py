@@ -32,7 +32,7 @@ from ..phase.similarity import kernel_similarity, kernel_similarity_t
 from .checkpoint import save_tensors
 from .config import PhaseConfig, RunConfig
 from .distributed import Runtime, unwrap
-from .loop import DeviceSet
+from .loop import DeviceSet, StreamSet
 
 THETA0 = "phase_theta0.safetensors"
 OUT_DIM = 8  # output projection of a backbone's pooled embedding for the probe kernel
@@ -129,13 +129,13 @@ class PhaseHooks:
     net: nn.Module | None = None
 
     @classmethod
-    def build(cls, cfg: RunConfig, net: nn.Module, data: DeviceSet, run: Path, rt: Runtime,
+    def build(cls, cfg: RunConfig, net: nn.Module, data: DeviceSet | StreamSet, run: Path, rt: Runtime,
               resumed: dict | None) -> "PhaseHooks":
         """A controller on the first ``phase.probe_size`` training images, when enabled."""
         p = cfg.phase
         if not (p.adaptive_lr or p.penalty > 0):
             return cls()
-        probe = eval_transform(data.images[: p.probe_size], cfg.model.image_size, cfg.data)
+        probe = eval_transform(data.first(p.probe_size), cfg.model.image_size, cfg.data)
         ctl = PhaseController(p, net, probe)
         if resumed is not None:
             ctl.theta0 = load_file(str(run / THETA0))["theta0"].to(ctl.theta0.device)

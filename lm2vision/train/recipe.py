@@ -19,6 +19,8 @@ import numpy as np
 
 from ..config import load_config, to_dict
 from ..errors import Lm2vError
+from ..models import export_model_section
+from ..models.factory import check_export_fields
 from .config import PROBE_TRAINABLE, STAGE_PRESETS, LabelConfig, PhaseConfig, RunConfig
 from .rundir import read_run_config
 
@@ -31,9 +33,12 @@ def stage_config(stage: str, path: str | Path | None = None, overrides: Sequence
                  init: str | None = None, presets: Sequence[str] = ()) -> RunConfig:
     """The config of one ``lm2v bridge | probe | train`` command.
 
-    With ``init`` (a run directory) the model starts as that run's: its architecture fields are
-    kept (an override of one is an error), the rest (dropout, gradient checkpointing, attention
-    kernels, ``init_seed``) may be set for this stage. Stage 2's ``trainable`` starts as its mode's
+    With ``init`` (a run directory or an exported folder, ``lm2v export``) the model starts as that
+    run's: its architecture fields are kept (an override of one is an error), the rest (dropout,
+    gradient checkpointing, attention kernels, ``init_seed``) may be set for this stage. A
+    ``model.name`` that is an export gives its model section the same way (an override of an
+    architecture field is refused too; ``model.pretrained=false`` keeps the architecture with fresh
+    weights). Stage 2's ``trainable`` starts as its mode's
     default (``PROBE_TRAINABLE``) and honours the user's ``trainable.*``. ``presets`` (e.g. a named
     augmentation recipe, :data:`lm2vision.data.config.RECIPES`) go under the user's file and overrides.
     """
@@ -45,6 +50,8 @@ def stage_config(stage: str, path: str | Path | None = None, overrides: Sequence
     first = load_config(RunConfig, path, overrides, presets=presets)
     if first.init:
         base["model"] = init_model(first.init)
+    elif (exported := export_model_section(first.model.name)) is not None:
+        base["model"] = exported
     if stage == "probe":
         base["trainable"] = dataclasses.asdict(PROBE_TRAINABLE.get(first.probe.mode, PROBE_TRAINABLE["reinit"]))
     if not base:
@@ -52,12 +59,16 @@ def stage_config(stage: str, path: str | Path | None = None, overrides: Sequence
     cfg = load_config(RunConfig, path, overrides, presets=presets, base=base)
     if cfg.init:
         check_init_model(cfg, base["model"])
+    elif "model" in base:
+        check_export_fields(cfg.model, base["model"])
     return cfg
 
 
 def init_model(run: str | Path) -> dict:
-    """The model section of a run directory's saved config (the architecture ``--init`` loads)."""
-    return to_dict(read_run_config(run).model)
+    """The model section of a run directory's saved config, or of an exported folder (the
+    architecture ``--init`` loads)."""
+    exported = export_model_section(str(run)) if Path(run).is_dir() else None
+    return exported if exported is not None else to_dict(read_run_config(run).model)
 
 
 def check_init_model(cfg: RunConfig, init: dict | None = None) -> None:

@@ -1,5 +1,5 @@
 """Run directories, written and read back in one place: refuse to overwrite, log metrics to JSON
-lines and TensorBoard; read a finished run's config, metrics, summary and model.
+lines, TensorBoard and the trackers (:mod:`lm2vision.train.trackers`); read a finished run's config, metrics, summary and model.
 
 Layout of RUN/:
   config.yaml        resolved config         metrics.jsonl   one record per epoch, then "test"
@@ -8,6 +8,8 @@ Layout of RUN/:
   labels.safetensors the training labels used (stage 1)
   predictions.safetensors  per-image test predictions and labels (classification; paired comparisons)
   checkpoints/last.safetensors + last.json   for --resume          tb/   TensorBoard
+  trackers.json      MLflow / W&B run ids (runtime.loggers)   mlruns/ the default MLflow store (outermost run)
+  .lm2v-run          the marker of a directory lm2v made      .lm2v-lock   the writer's pid, host, SLURM job
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import time
 import warnings
 from contextlib import contextmanager
@@ -30,10 +33,11 @@ from ..utils.io import atomic_write_json, atomic_write_text, fault_point
 from ..models import VisionBackbone, create_backbone
 from .checkpoint import has_checkpoint, load_full_model, load_tensors, save_tensors
 from .config import RunConfig
+from .trackers import Trackers, open_trackers, outcome
 
 CONFIG = "config.yaml"  # the resolved config: what readers look for
 MARKER = ".lm2v-run"  # written when lm2v creates a directory: only such a directory is ever replaced
-LOCK = ".lm2v-lock"  # {"pid", "host"} of the command writing the directory, removed when it ends
+LOCK = ".lm2v-lock"  # {"pid", "host", "slurm_job"} of the command writing the directory, removed when it ends
 REPLACED = ".lm2v-replaced"  # suffix of a run moved aside by --overwrite until the new run has started
 COMMITTED = ("checkpoints/last.json", "summary.json")  # a run holding one of these (at any depth: grid cells) has started
 
@@ -83,7 +87,7 @@ def acquire_lock(run: Path) -> Path:
             _check_stale(lock)
             continue
         with os.fdopen(fd, "w") as f:
-            json.dump({"pid": os.getpid(), "host": socket.gethostname()}, f)
+            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "slurm_job": os.environ.get("SLURM_JOB_ID")}, f)
         return lock
     raise Lm2vError(f"{run} is locked by another lm2v command ({lock})")
 
@@ -97,8 +101,12 @@ def _check_stale(lock: Path) -> None:
     except (OSError, ValueError):
         owner = {}  # half-written by a process killed while locking
     pid, host = owner.get("pid"), owner.get("host")
-    if not isinstance(pid, int) or (host == socket.gethostname() and not _alive(pid)):
-        warnings.warn(f"removing the stale lock of {lock.parent} (process {pid} is no longer running)", Lm2vWarning)
+    job = os.environ.get("SLURM_JOB_ID")
+    # a SLURM job requeued after a hard kill (maybe on another node) finds its own earlier self's lock
+    requeued = job is not None and owner.get("slurm_job") == job
+    if not isinstance(pid, int) or requeued or (host == socket.gethostname() and not _alive(pid)):
+        why = f"SLURM job {job} was requeued" if requeued else f"process {pid} is no longer running"
+        warnings.warn(f"removing the stale lock of {lock.parent} ({why})", Lm2vWarning)
         lock.unlink(missing_ok=True)
         return
     raise Lm2vError(f"{lock.parent} is being written by another lm2v command (process {pid} on {host}); "
@@ -347,11 +355,14 @@ TIMING_KEYS = ("epoch_time_s", "img_per_s")
 
 
 class MetricsLogger:
-    """Appends one JSON object per record to metrics.jsonl, mirrors scalars to TensorBoard."""
+    """Appends one JSON object per record to metrics.jsonl, mirrors scalars to TensorBoard and the
+    numbers to the experiment trackers of ``runtime.loggers`` (:mod:`lm2vision.train.trackers`)."""
 
-    def __init__(self, run: Path, tensorboard: bool = True, enabled: bool = True):
+    def __init__(self, run: Path, tensorboard: bool = True, enabled: bool = True, trackers: Trackers | None = None):
+        self.run = run
         self.path = run / "metrics.jsonl"
         self.enabled = enabled
+        self.trackers = trackers if enabled and trackers is not None else Trackers([], [])
         self.tb = None
         if enabled and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -360,8 +371,17 @@ class MetricsLogger:
 
     @classmethod
     def for_run(cls, run: Path, runtime, enabled: bool = True) -> "MetricsLogger":
-        """The logger of a stage's run directory, as its ``runtime`` config (``RuntimeConfig``) asks."""
-        return cls(run, runtime.tensorboard, enabled=enabled)
+        """The logger of a stage's run directory, as its ``runtime`` config (``RuntimeConfig``) asks:
+        on the main process, it starts or continues the tracker runs of ``runtime.loggers``."""
+        trackers = open_trackers(run, runtime, cls.home(run)) if enabled and runtime.loggers else None
+        return cls(run, runtime.tensorboard, enabled=enabled, trackers=trackers)
+
+    @staticmethod
+    def home(run: Path) -> Path:
+        """The outermost lm2v directory holding ``run`` (a grid's, a demo's, or ``run`` itself)."""
+        run = Path(run).resolve()
+        marked = [p for p in (run, *run.parents) if (p / MARKER).is_file()]
+        return marked[-1] if marked else run
 
     def log(self, record: dict) -> None:
         """Write ``record`` (numbers, strings); scalars also go to TensorBoard at its epoch."""
@@ -379,6 +399,7 @@ class MetricsLogger:
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch":
                     self.tb.add_scalar(f"{prefix}/{k}", v, step)
             self.tb.flush()
+        self.trackers.log(record)
 
     @staticmethod
     def read(path: Path) -> list[dict]:
@@ -440,10 +461,17 @@ class MetricsLogger:
         text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep)
         if text.encode() != (self.path.read_bytes() if self.path.is_file() else b""):
             atomic_write_text(self.path, text)
+        self.trackers.replay(keep)
 
     def close(self) -> None:
+        """Close TensorBoard; log ``summary.json`` (when written) to the trackers and end their runs:
+        FINISHED with a summary, FAILED when an error passes through the ``finally`` that calls this
+        (KILLED for Ctrl-C), KILLED when the stage stopped early (``runtime.stop_after``)."""
         if self.tb is not None:
             self.tb.close()
+        if self.trackers:
+            summary = finished_summary(self.run)
+            self.trackers.close(outcome(sys.exc_info()[1], summary), summary)
 
 
 # -- reading -------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from ..utils.io import atomic_write_json
 from .checkpoint import load_full_model, save_full_model, save_tensors, trainable_state
 from .config import RunConfig, check_run_config
 from .distributed import Runtime, setup_runtime, teardown
-from .loop import extract_features
+from .loop import device_set, extract_features
 from .phase_hooks import PhaseHooks
 from .probe import train_linear_grid
 from .recipe import check_init_model, stage_seed
@@ -148,13 +148,18 @@ def _run_in(cfg: RunConfig, run: Path, splits: DataSplits, data: dict, model: Vi
 
 
 def load_splits(dcfg: DataConfig, rt: Runtime) -> DataSplits:
-    """The stage's data. With ``data.download`` under torchrun, rank 0 reads (and downloads) first and
-    the others wait at a barrier, so no two processes write the same files."""
+    """The stage's data, in memory or streamed as ``data.storage`` says (the choice is printed). With
+    ``data.download`` under torchrun, rank 0 reads (and downloads) first and the others wait at a
+    barrier, so no two processes write the same files."""
     if not (dcfg.download and rt.distributed):
-        return load_imageset_splits(dcfg)
-    splits = load_imageset_splits(dcfg) if rt.is_main else None
-    rt.barrier()
-    return splits if splits is not None else load_imageset_splits(dcfg)
+        splits = load_imageset_splits(dcfg, stream_ok=True)
+    else:
+        splits = load_imageset_splits(dcfg, stream_ok=True) if rt.is_main else None
+        rt.barrier()
+        splits = splits if splits is not None else load_imageset_splits(dcfg, stream_ok=True)
+    if splits.note:
+        _say(rt, splits.note)
+    return splits
 
 
 def _fit(cfg: RunConfig, model: VisionBackbone, train: ImageSet, splits: DataSplits, run: Path, rt: Runtime,
@@ -169,7 +174,8 @@ def _linear_probe(cfg: RunConfig, model: VisionBackbone, splits: DataSplits, run
                   logger: MetricsLogger) -> dict:
     S, bs = cfg.model.image_size, cfg.runtime.eval_batch_size
     show = cfg.runtime.progress and rt.is_main
-    feats = {name: extract_features(model, s.images.to(rt.device), bs, show, lambda x: eval_transform(x, S, cfg.data), rt, f"{name} features")
+    feats = {name: extract_features(model, device_set(s, rt.device, cfg.data), bs, show,
+                                    lambda x: eval_transform(x, S, cfg.data), rt, f"{name} features")
              for name, s in (("train", splits.train), ("val", splits.val), ("test", splits.test))}
     labels = {name: getattr(splits, name).labels.to(rt.device) for name in feats}
     if rt.is_main:

@@ -13,10 +13,11 @@ import torch
 import torch.nn as nn
 
 from ..data import DataSplits, ImageSet
+from ..data.stream import LazyImageSet
 from ..errors import Lm2vError
 from .config import RunConfig
 from .distributed import Runtime
-from .loop import ClassificationSteps, DeviceSet, evaluate
+from .loop import ClassificationSteps, DeviceSet, StreamSet, device_set, evaluate
 from .rundir import save_predictions
 
 
@@ -53,12 +54,12 @@ class Task(Protocol):
 
 @dataclass
 class ClassificationTask(ClassificationSteps):
-    """Image classification on device-resident data: validation every epoch, test once at the end."""
+    """Image classification on device-resident or streamed data: validation every epoch, test once at the end."""
 
     name: str = "train"
     model: nn.Module | None = None
-    val: DeviceSet | None = None
-    test: DeviceSet | None = None
+    val: DeviceSet | StreamSet | None = None
+    test: DeviceSet | StreamSet | None = None
     cfg: RunConfig | None = None
     eval_every: int = 1
     test_split: str = "test"
@@ -79,11 +80,12 @@ class ClassificationTask(ClassificationSteps):
         return classification_summary(self.cfg, self.model, last, test)
 
 
-def classification_task(cfg: RunConfig, model: nn.Module, train: ImageSet, splits: DataSplits,
+def classification_task(cfg: RunConfig, model: nn.Module, train: ImageSet | LazyImageSet, splits: DataSplits,
                         rt: Runtime, run: Path | None = None) -> ClassificationTask:
     """The stage's task: ``train`` (its labels already chosen) on the device, ``splits.val`` and
-    ``splits.test`` for evaluation; the final test predictions are saved in ``run``."""
-    dtrain, dval, dtest = (DeviceSet.of(s, rt.device) for s in (train, splits.val, splits.test))
+    ``splits.test`` for evaluation (in memory or streamed, as the splits are: :func:`device_set`); the
+    final test predictions are saved in ``run``."""
+    dtrain, dval, dtest = (device_set(s, rt.device, cfg.data) for s in (train, splits.val, splits.test))
     if len(dtrain) < cfg.optim.batch_size:
         raise Lm2vError(f"batch size {cfg.optim.batch_size} exceeds the {len(dtrain)} training images")
     return ClassificationTask(dtrain, cfg.data, cfg.model.image_size, cfg.runtime.seed, cfg.optim.batch_size,
