@@ -227,7 +227,7 @@ def test_analyze_writes_layer_cka_against_runs_names_and_pixel_models(two_runs, 
                        max_position_embeddings=32, word_embed_proj_dim=16)).save_pretrained(tmp_path / "opt")
     out = tmp_path / "report"
     argv = ["analyze", str(two_runs["a"]), "--out", str(out), "--no-progress", "--samples", "18",
-            "--skip", "curves,weights,landscape,features,alignment"]
+            "--skip", "curves,weights,landscape,features,alignment,geometry"]
     for spec in (two_runs["b"], two_runs["a"], "tiny-llama@scratch", tmp_path / "vit", tmp_path / "opt"):
         argv += ["--compare-model", str(spec)]
     with pytest.warns(Lm2vWarning) as caught:
@@ -255,7 +255,7 @@ def test_analyze_writes_layer_cka_against_runs_names_and_pixel_models(two_runs, 
 
 def test_skip_layers_and_no_compare_model(two_runs, tmp_path):
     base = ["analyze", str(two_runs["a"]), "--no-progress", "--samples", "18",
-            "--skip", "curves,weights,landscape,features,alignment"]
+            "--skip", "curves,weights,landscape,features,alignment,geometry"]
     assert cli_main.main(base + ["--out", str(tmp_path / "s"), "--skip", "layers", "--compare-model", "tiny-gpt2"]) == 0
     assert "Layer similarity" not in (tmp_path / "s" / "report.html").read_text()
     assert not (tmp_path / "s" / "layers.json").exists()

@@ -9,7 +9,7 @@ from PIL import Image
 
 from lm2vision.cli import main as cli_main
 
-PARTS = ["Curves", "Weight statistics", "Loss landscape", "Feature geometry", "Covariance alignment"]
+PARTS = ["Curves", "Weight statistics", "Loss landscape", "Feature geometry", "Covariance alignment", "Layer geometry"]
 
 
 def _write_images(root, split, per_class, seed):
@@ -57,7 +57,8 @@ def test_analyze_writes_every_section(tiny_run, tmp_path, monkeypatch, capsys):
     for part in PARTS:
         assert f"<h2>{part}</h2>" in html and f"## {part}" in md
     imgs = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
-    assert len(imgs) == 9  # + a layer-CKA heatmap per compare model that takes images  # curves, histogram, contour, surface, t-SNE, PCA, eigen mapping
+    # curves, histogram, contour, surface, t-SNE, PCA, eigen mapping, layer geometry (all models in one figure)
+    assert len(imgs) == 10  # + a layer-CKA heatmap per compare model that takes images
     assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in imgs)
     for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
         assert (out / link).is_file()
@@ -107,7 +108,7 @@ def test_bad_input_is_one_line_error(tiny_run, tmp_path, monkeypatch, capsys):
     assert "not an lm2v run directory" in capsys.readouterr().err
     assert cli_main.main(["analyze", str(tiny_run), "--out", str(tmp_path / "o"), "--skip", "nonsense"]) == 2
     err = capsys.readouterr().err
-    assert "skip items must be one of curves, weights, landscape, features, alignment, layers, got 'nonsense'" in err
+    assert "skip items must be one of curves, weights, landscape, features, alignment, layers, geometry, got 'nonsense'" in err
 
 
 def test_compare_table_and_curves(tiny_run, tmp_path, monkeypatch, capsys):

@@ -51,7 +51,7 @@ BAD_VALUES = [
     (ScreenConfig, "out_dim=0", "out_dim must be >= 1, got 0"),
     (ScreenConfig, "split=holdout", "split must be one of train, val, test, got 'holdout'"),
     (AnalyzeConfig, "skip=[curves,nonsense]",
-     "skip items must be one of curves, weights, landscape, features, alignment, layers, got 'nonsense'"),
+     "skip items must be one of curves, weights, landscape, features, alignment, layers, geometry, got 'nonsense'"),
     (AnalyzeConfig, "landscape.grid=1", "landscape.grid must be >= 2, got 1"),
     (AnalyzeConfig, "landscape.directions=pca", "landscape.directions must be one of random, filter, training, got 'pca'"),
 ]

@@ -22,8 +22,8 @@ from ..utils.io import atomic_write_json, atomic_write_text
 from .landscape import DIRECTIONS
 from .report import Section, Table, write_report
 
-PARTS = ("curves", "weights", "landscape", "features", "alignment", "layers")
-NEEDS_SAMPLE = {"landscape", "features", "alignment", "layers"}
+PARTS = ("curves", "weights", "landscape", "features", "alignment", "layers", "geometry")
+NEEDS_SAMPLE = {"landscape", "features", "alignment", "layers", "geometry"}
 
 
 @dataclass
@@ -58,6 +58,10 @@ class AnalyzeConfig:
     # layers part: per-layer features pooled by mean over tokens (comparable across families) or by
     # each model's own pool (the last token of a causal model, which the head reads)
     layer_pooling: str = field(default="mean", metadata=choices("mean", "model"))
+    # geometry part: equal-width bins per unit for the information plane (Shwartz-Ziv & Tishby use 30);
+    # spectral decay fitted on ranks 1..geometry_max_rank (null: every non-negligible eigenvalue)
+    geometry_bins: int = field(default=30, metadata=bounds(ge=1))
+    geometry_max_rank: Optional[int] = field(default=None, metadata=bounds(ge=2))
     tsne_seed: int = 42
     sklearn_threads: Optional[int] = 1  # cap for t-SNE / CV (None: no cap); 1 is fastest on a busy CPU
     align_k: int = field(default=10, metadata=bounds(ge=1))
@@ -242,6 +246,49 @@ def part_layers(loaded, sample: Sample, cfg: AnalyzeConfig, out: Path, notes: li
     return Section("Layer similarity", text, figures, [Table("CKA per compare model", summary), *tables])
 
 
+def part_geometry(loaded, sample: Sample, cfg: AnalyzeConfig, out: Path, notes: list[str]) -> Section:
+    """Participation ratio, spectral decay and the binned information plane of every layer of the run
+    (and of each compare model that takes images), on the sample; ``geometry.csv`` + a figure."""
+    from ..data import eval_transform
+    from .features import layer_features, layer_names
+    from .geometry import geometry_summary, layer_geometry, plot_geometry
+    from .models import load_image_model
+
+    models = {f"{loaded.path.name} (run)": layer_features(loaded.model, sample.x, cfg.batch_size, cfg.layer_pooling)}
+    skipped = []
+    for spec in cfg.compare_models:
+        cm = load_image_model(spec, loaded.cfg)
+        if cm is None:
+            skipped.append(spec)
+            continue
+        x = eval_transform(sample.raw, cm.image_size, cm.data)
+        models[cm.label] = layer_features(cm.model.to(cfg.device), x, cfg.batch_size, cfg.layer_pooling)
+    if skipped:
+        _skip_warning(skipped, notes, part="geometry")
+    tables = {label: layer_geometry(f, layer_names(len(f)), sample.y, cfg.geometry_bins, cfg.geometry_max_rank)
+              for label, f in models.items()}
+    rows = [{"model": label, **r} for label, t in tables.items() for r in t]
+    _write_rows_csv(out / "geometry.csv", rows)
+    fig = out / "figures" / "geometry.png"
+    plot_geometry(tables, fig)
+    ranks = str(cfg.geometry_max_rank) if cfg.geometry_max_rank else "K (every eigenvalue above 1e-10 lambda_1)"
+    text = (f"Per layer ({cfg.layer_pooling}-pooled features of {len(sample.y)} {cfg.split} images): participation "
+            "ratio (sum lambda)^2 / sum lambda^2 of the feature covariance; spectral decay alpha of lambda_k ~ "
+            f"k^-alpha (log-log least squares over ranks 1..{ranks}); I(X;T) and I(Y;T) in bits by binning each "
+            f"unit into {cfg.geometry_bins} equal-width bins over the layer's range (Shwartz-Ziv & Tishby), X = the "
+            "image's identity; compression = 1 - I(X;T_last) / I(X;T_first).")
+    summary = [{"model": label, **geometry_summary(t)} for label, t in tables.items()]
+    return Section("Layer geometry", text, [fig], [Table("summary", summary), Table("per layer", rows)])
+
+
+def _write_rows_csv(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
 def _compare_layers(run: tuple, cm, sample: Sample, cfg: AnalyzeConfig, out: Path, stem: str) -> dict:
     """One compare model against the run's layers ``(label, names, features)``: writes
     ``layers/<stem>.csv`` and ``figures/<stem>.png``; returns the numbers for ``layers.json``."""
@@ -299,8 +346,8 @@ def _write_cka_csv(path: Path, cka: torch.Tensor, names_a: list[str], names_b: l
     atomic_write_text(path, buf.getvalue())
 
 
-def _skip_warning(skipped: list[str], notes: list[str]) -> None:
-    message = f"layers: skipped {', '.join(skipped)}: no image input (neither an lm2vision backbone nor a pixel model)"
+def _skip_warning(skipped: list[str], notes: list[str], part: str = "layers") -> None:
+    message = f"{part}: skipped {', '.join(skipped)}: no image input (neither an lm2vision backbone nor a pixel model)"
     warnings.warn(message, Lm2vWarning, stacklevel=3)
     notes.append(message)
 
@@ -349,6 +396,8 @@ def _run_part(part, run, loaded, sample, cfg, out, notes) -> Section:
         return part_features(loaded, sample, cfg, out)
     if part == "layers":
         return part_layers(loaded, sample, cfg, out, notes)
+    if part == "geometry":
+        return part_geometry(loaded, sample, cfg, out, notes)
     return part_alignment(loaded, sample, cfg, out, notes)
 
 

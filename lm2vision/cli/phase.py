@@ -6,16 +6,20 @@ Examples::
     lm2v phase --vision minilm --language gpt2-medium bert-base-uncased --samples 576 --ntk-samples 64 \\
         ntk.method=projection ntk.proj_dim=8192 --device cuda
 
-Writes ``table.csv``, ``table.md``, ``results.json`` (per-model details, AGOP spectra),
-``phase_landscape.png`` and the resolved ``config.yaml`` to ``--out``, and prints the table.
+    lm2v phase --preset seed2 data.dataset=cifar10 --device cuda      # the phase paper's 12 x 12 hub models
+    lm2v phase --vision tiny-bert --language tiny-gpt2 --align-results runs/align/results.json
+
+Writes ``table.csv``, ``table.md``, ``results.json`` (per-model details, AGOP spectra, layer geometry,
+by-family and predictor tables), ``predictors.csv``/``.md``, ``phase_landscape.png``, ``report.html``
+(self-contained) + ``report.md`` and the resolved ``config.yaml`` to ``--out``, and prints the pair
+and predictor tables.
 """
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
-from ..config import load_config, save_config, to_dict
+from ..config import load_config, save_config
 from ..errors import Lm2vError
 
 
@@ -25,6 +29,10 @@ def register(subparsers) -> None:
     p.add_argument("--vision", nargs="+", metavar="MODEL",
                    help="vision models: backbone name for create_backbone (minilm, tiny-*, hub id, path) or run dir")
     p.add_argument("--language", nargs="+", metavar="MODEL", help="language models: minilm, tiny-*, hub id or path")
+    p.add_argument("--preset", help="a published model list (seed2: the phase paper's 12 x 12 hub ids); "
+                   "--vision / --language replace its sides")
+    p.add_argument("--align-results", metavar="FILE",
+                   help="results.json of lm2v align: its per-method table goes into the report")
     p.add_argument("--samples", type=int, help="paired samples for the alignment score (default 576)")
     p.add_argument("--ntk-samples", type=int, help="pairs for the NTK kernels (default 64)")
     p.add_argument("--agop-samples", type=int, help="samples for the AGOP (default 64)")
@@ -55,6 +63,11 @@ def build_config(args: argparse.Namespace):
              (("samples", "samples"), ("ntk_samples", "ntk_samples"), ("agop_samples", "agop_samples"),
               ("method", "ntk.method"), ("device", "device")) if getattr(args, attr) is not None]
     cfg = load_config(ScreenConfig, args.config, flags + list(args.overrides or []) + extra_v + extra_l)
+    if getattr(args, "preset", None):
+        from ..phase.presets import get_preset
+
+        preset = get_preset(args.preset)
+        cfg.vision, cfg.language = list(preset.vision), list(preset.language)
     if vision:
         cfg.vision = vision
     if language:
@@ -62,32 +75,31 @@ def build_config(args: argparse.Namespace):
     return cfg
 
 
-def _print_and_write(rows: list[dict], details: dict, cfg, out: Path) -> None:
-    from ..phase.screen import plot_landscape, to_csv, to_markdown
-    from ..utils.io import atomic_write_json, atomic_write_text
+def _print_and_write(rows: list[dict], details: dict, cfg, out: Path, align_rows: list[dict] | None) -> None:
+    from ..phase.report import write_outputs
 
-    md = to_markdown(rows)
-    atomic_write_text(out / "table.md", md)
-    atomic_write_text(out / "table.csv", to_csv(rows))
-    clean = [{k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in r.items()} for r in rows]
-    atomic_write_json(out / "results.json", {"rows": clean, "models": details, "config": to_dict(cfg)})
-    plot_landscape(rows, out / "phase_landscape.png")
-    print(md, end="")
-    print(f"wrote {out}/table.csv, table.md, results.json, phase_landscape.png")
+    print(write_outputs(rows, details, cfg, out, align_rows), end="")
+    print(f"wrote {out}/report.html, table.csv, table.md, predictors.csv, predictors.md, results.json, "
+          "phase_landscape.png")
 
 
 def run_phase(args: argparse.Namespace) -> int:
     """Screen every pair, write the table, results and plot to ``--out`` and print the table."""
+    from ..phase.presets import check_available
+    from ..phase.report import load_align_results
     from ..phase.screen import check_screen_config, screen
     from ..train.rundir import open_run
 
     cfg = build_config(args)
     if not cfg.vision or not cfg.language:
         raise Lm2vError("give at least one --vision and one --language model (or set them in --config)")
+    if getattr(args, "preset", None):
+        check_available(cfg.vision, cfg.language, args.preset)  # before any output or computation
     check_screen_config(cfg)
+    align_rows = load_align_results(args.align_results) if getattr(args, "align_results", None) else None
     inputs = [m for m in (*cfg.vision, *cfg.language) if Path(m).expanduser().exists()]
     with open_run(args.out, overwrite=args.overwrite, inputs=inputs, kind="phase") as out:
         save_config(cfg, out / "config.yaml")
         rows, details = screen(cfg, progress=not args.no_progress)
-        _print_and_write(rows, details, cfg, out)
+        _print_and_write(rows, details, cfg, out, align_rows)
     return 0

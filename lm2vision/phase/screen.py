@@ -20,6 +20,8 @@ from typing import Any, List, Optional
 import torch
 from tqdm import tqdm
 
+from ..analysis.features import layer_features, layer_names
+from ..analysis.geometry import geometry_summary, layer_geometry
 from ..config import bounds, choices, validate
 from ..data import DataConfig, ImageSet, cap_per_class, load_imageset_splits, preprocess_eval
 from ..errors import Lm2vError
@@ -64,6 +66,10 @@ class ScreenConfig:
     align_test_fraction: float = field(default=0.5, metadata=bounds(gt=0, lt=1))
     ridge: float = field(default=1.0, metadata=bounds(ge=0))
     batch_size: int = field(default=64, metadata=bounds(ge=1))
+    # a pair fails when align_top1 < fail_ratio x chance (lm2vision.phase.predictors)
+    fail_ratio: float = field(default=2.0, metadata=bounds(gt=0))
+    geometry: bool = True  # layer-wise geometry of every model on all ``samples`` (analysis.geometry)
+    geometry_bins: int = field(default=30, metadata=bounds(ge=1))  # information-plane bins per unit
     seed: int = 0
     device: str = "auto"
 
@@ -80,6 +86,8 @@ class ModelPhase:
     layer_ratios: dict  # block name -> AGOP ratio with respect to that block's input
     theta: torch.Tensor  # (n, n) NTK on the paired inputs
     z: torch.Tensor  # (N, C) embeddings for the alignment score
+    model_type: str = ""  # Hugging Face config.model_type of the model (its family in the architecture table)
+    geometry: list | None = None  # per-layer rows of analysis.geometry.layer_geometry (None: not computed)
 
     @property
     def phase(self) -> str:
@@ -185,12 +193,45 @@ def _layer_ratios(side: Side, x: Any, cfg: ScreenConfig) -> dict[str, float]:
     return {k: spectrum(m.cpu(), cfg.agop_rel_tol).ratio for k, m in mats.items()}
 
 
-def model_phase(side: Side, kind: str, x: Any, cfg: ScreenConfig) -> ModelPhase:
-    """Kernel, stability, AGOP spectrum and embeddings of one model on its inputs ``x``."""
-    z = _embed(side, x, cfg.batch_size)
+def _model_type(side: Side) -> str:
+    """The first Hugging Face ``config.model_type`` inside the model (the language model of a bridged
+    backbone, the vision model of a pixel backbone)."""
+    return next((m.config.model_type for m in side.now.modules()
+                 if isinstance(getattr(getattr(m, "config", None), "model_type", None), str)), "")
+
+
+@torch.no_grad()
+def _text_layers(side: Side, x: tuple, batch: int) -> list[torch.Tensor]:
+    """Mean-pooled (over real tokens) hidden states of every layer of a language side: L + 1 (N, C)."""
+    emb, out = side.now, []
+    for s in range(0, num_samples(x), batch):
+        ids, mask = _slice(x, s + batch, start=s)
+        embeds = emb.model.get_input_embeddings()(ids)
+        hs = emb.model(inputs_embeds=embeds, attention_mask=emb.attention_mask(mask, embeds.dtype),
+                       output_hidden_states=True).hidden_states
+        w = mask[:, :, None].float()  # (B, T, 1)
+        out.append([((h.float() * w).sum(1) / w.sum(1)).cpu() for h in hs])
+    return [torch.cat(layer) for layer in zip(*out)]
+
+
+def _layer_feats(side: Side, x: Any, cfg: ScreenConfig) -> list[torch.Tensor]:
+    """Mean-pooled features of every layer on all paired inputs: L + 1 tensors (N, C)."""
+    if side.tokenizer is None:
+        return layer_features(side.now.backbone, x, cfg.batch_size, pooling="mean")
+    return _text_layers(side, x, cfg.batch_size)
+
+
+def model_phase(side: Side, kind: str, x: Any, cfg: ScreenConfig, labels: torch.Tensor | None = None) -> ModelPhase:
+    """Kernel, stability, AGOP spectrum, embeddings and (with ``labels`` and ``cfg.geometry``) layer
+    geometry of one model on its inputs ``x``, each computed once and reused by all its pairs. A
+    language model's embedding is its last layer's mean-pooled features: one forward pass gives both."""
+    feats = _layer_feats(side, x, cfg) if cfg.geometry and labels is not None else None
+    z = feats[-1] if feats is not None and side.tokenizer is not None else _embed(side, x, cfg.batch_size)
     theta, theta0, method = _kernels(side, x, cfg)
+    geometry = None if feats is None else layer_geometry(feats, layer_names(len(feats)), labels.cpu(),
+                                                         cfg.geometry_bins)
     return ModelPhase(side.name, kind, kernel_similarity(theta, theta0), method, _input_agop(side, x, cfg),
-                      _layer_ratios(side, x, cfg), theta, z)
+                      _layer_ratios(side, x, cfg), theta, z, _model_type(side), geometry)
 
 
 def vision_inputs(side: Side, pairs: Pairs, data: DataConfig, device: torch.device) -> torch.Tensor:
@@ -215,11 +256,13 @@ def pair_row(v: ModelPhase, lang: ModelPhase, labels: torch.Tensor, cfg: ScreenC
         "S_cross_centered": kernel_similarity(v.theta, lang.theta, centered=True),
         "agop_ratio_v": v.agop.ratio, "agop_ratio_l": lang.agop.ratio,
         "align_top1": align.top1, "align_chance": align.chance,
+        "fails": align.top1 < cfg.fail_ratio * align.chance,  # predictors.failed, stated there
     }
 
 
 def screen(cfg: ScreenConfig, pairs: Pairs | None = None, progress: bool = True) -> tuple[list[dict], dict]:
-    """Screen every vision x language pair; returns the table rows and per-model details."""
+    """Screen every vision x language pair; returns the table rows and per-model details. Each model's
+    kernels, AGOP, embeddings and geometry are computed once and reused by all its pairs."""
     check_screen_config(cfg)
     device = resolve_device(cfg.device)
     pairs = pairs or load_pairs(cfg)
@@ -228,12 +271,14 @@ def screen(cfg: ScreenConfig, pairs: Pairs | None = None, progress: bool = True)
     for name in cfg.vision:
         side = load_vision(name, cfg.image_size, cfg.patch_size, cfg.out_dim, cfg.seed)
         side.now.to(device), side.init.to(device)
-        models[f"vision:{name}"] = model_phase(side, "vision", vision_inputs(side, pairs, cfg.data, device), cfg)
+        x = vision_inputs(side, pairs, cfg.data, device)
+        models[f"vision:{name}"] = model_phase(side, "vision", x, cfg, pairs.labels)
         bar.update()
     for name in cfg.language:
         side = load_language(name, cfg.out_dim, cfg.seed, cfg.token_embeddings)
         side.now.to(device), side.init.to(device)
-        models[f"language:{name}"] = model_phase(side, "language", language_inputs(side, pairs, device), cfg)
+        x = language_inputs(side, pairs, device)
+        models[f"language:{name}"] = model_phase(side, "language", x, cfg, pairs.labels)
         bar.update()
     bar.close()
     rows = [pair_row(models[f"vision:{v}"], models[f"language:{lang}"], pairs.labels, cfg)
@@ -243,16 +288,18 @@ def screen(cfg: ScreenConfig, pairs: Pairs | None = None, progress: bool = True)
 
 def model_details(m: ModelPhase) -> dict:
     """JSON-ready numbers of one model (AGOP spectrum included)."""
-    return {"name": m.name, "side": m.side, "S": m.s, "phase": m.phase, "ntk_method": m.method,
+    return {"name": m.name, "side": m.side, "model_type": m.model_type, "S": m.s, "phase": m.phase,
+            "ntk_method": m.method,
             "ntk_trace": float(torch.trace(m.theta)), "agop_ratio": m.agop.ratio,
             "agop_effective_rank": m.agop.effective_rank, "agop_rel_tol": m.agop.rel_tol,
             "agop_num_kept": m.agop.num_kept, "agop_layer_ratios": m.layer_ratios,
-            "agop_eigenvalues": m.agop.eigenvalues}
+            "agop_eigenvalues": m.agop.eigenvalues,
+            "geometry": m.geometry, "geometry_summary": geometry_summary(m.geometry) if m.geometry else None}
 
 
 # -- output --------------------------------------------------------------------------------------
 COLUMNS = ["vision", "language", "S_v", "phase_v", "S_l", "phase_l", "S_cross", "phase", "S_cross_centered",
-           "agop_ratio_v", "agop_ratio_l", "align_top1", "align_chance"]
+           "agop_ratio_v", "agop_ratio_l", "align_top1", "align_chance", "fails"]
 
 
 def to_markdown(rows: list[dict]) -> str:
