@@ -50,6 +50,38 @@ LLAMA = [  # Mistral, Qwen2 (q/k/v biases), Qwen3 (q_norm, k_norm)
 ]
 PATTERNS = {"gpt2": GPT2, "bert": BERT, "roberta": BERT, "llama": LLAMA, "mistral": LLAMA, "qwen2": LLAMA,
             "qwen3": LLAMA}
+FIXED_COUNT = {}  # model_type -> fixed parameters with positions "auto", when not 1 (the word table)
+
+# -- the phase paper's other language families ----------------------------------------------------------------
+DISTILBERT = [
+    (r"^lm\.embeddings\.word_embeddings\.weight$", FIXED),
+    (r"^lm\.embeddings\.position_embeddings\.weight$", {"pos"}),
+    (r"^lm\.embeddings\.LayerNorm\.(weight|bias)$", {"norm", "final_norm"}),
+    (r"^lm\.transformer\.layer\.(\d+)\.(sa|output)_layer_norm\.(weight|bias)$", {"block", "norm"}),
+    (r"^lm\.transformer\.layer\.(\d+)\.attention\.(q|k|v|out)_lin\.(weight|bias)$", {"block", "attn"}),
+    (r"^lm\.transformer\.layer\.(\d+)\.ffn\.lin[12]\.(weight|bias)$", {"block", "mlp"}),
+]
+ALBERT = [  # one shared layer: albert_layer_groups.0.albert_layers.0 is block.0
+    (r"^lm\.embeddings\.word_embeddings\.weight$", FIXED),
+    (r"^lm\.embeddings\.position_embeddings\.weight$", {"pos"}),
+    (r"^lm\.embeddings\.token_type_embeddings\.weight$", {"embed"}),
+    (r"^lm\.embeddings\.LayerNorm\.(weight|bias)$", {"norm", "final_norm"}),
+    (r"^lm\.encoder\.embedding_hidden_mapping_in\.(weight|bias)$", {"embed"}),
+    (r"^lm\.encoder\.albert_layer_groups\.0\.albert_layers\.(\d+)\.(full_layer_layer_norm|attention\.LayerNorm)\."
+     r"(weight|bias)$", {"block", "norm"}),
+    (r"^lm\.encoder\.albert_layer_groups\.0\.albert_layers\.(\d+)\.attention\.(query|key|value|dense)\.(weight|bias)$",
+     {"block", "attn"}),
+    (r"^lm\.encoder\.albert_layer_groups\.0\.albert_layers\.(\d+)\.ffn(_output)?\.(weight|bias)$", {"block", "mlp"}),
+]
+XLNET = [  # no position table; the segment terms and the mask embedding never see a patch token
+    (r"^lm\.(word_embedding\.weight|mask_emb)$", FIXED),
+    (r"^lm\.layer\.\d+\.rel_attn\.(seg_embed|r_s_bias)$", FIXED),
+    (r"^lm\.layer\.(\d+)\.(rel_attn|ff)\.layer_norm\.(weight|bias)$", {"block", "norm"}),
+    (r"^lm\.layer\.(\d+)\.rel_attn\.([qkvor]|r_r_bias|r_w_bias)$", {"block", "attn"}),
+    (r"^lm\.layer\.(\d+)\.ff\.layer_[12]\.(weight|bias)$", {"block", "mlp"}),
+]
+PATTERNS.update({"distilbert": DISTILBERT, "albert": ALBERT, "xlnet": XLNET})
+FIXED_COUNT.update({"xlnet": 6})  # word table, mask_emb, seg_embed and r_s_bias of both blocks
 
 
 def tiny(name: str, **kw):
@@ -90,8 +122,9 @@ def test_every_parameter_is_in_exactly_the_groups_its_name_says(name, positions)
 
 @pytest.mark.parametrize("name", ALL_TINY)
 def test_attn_mlp_norm_partition_each_block(name):
-    groups = {g: set(names) for g, names in tiny(name).layer_groups().items()}
-    for i in range(2):
+    m = tiny(name)
+    groups = {g: set(names) for g, names in m.layer_groups().items()}
+    for i in range(m.num_blocks):  # 2, or 1 for ALBERT's shared block
         block = groups[f"block.{i}"]
         parts = [block & groups[p] for p in ("attn", "mlp", "norm")]
         assert all(parts), f"block {i} lacks a part"
@@ -103,7 +136,7 @@ def test_default_spec_trains_everything_but_the_fixed_tables(name):
     m = tiny(name)
     model_type = TINY_CONFIGS[name]["model_type"]
     fixed = {n for n, _ in m.named_parameters() if expected_groups(n, model_type, "auto") == FIXED}
-    assert len(fixed) == 1  # the word table (positions are reused or rotary)
+    assert len(fixed) == FIXED_COUNT.get(model_type, 1)  # the word table (positions are reused or rotary)
     apply_trainable(m, TrainableSpec())
     assert {n for n, p in m.named_parameters() if p.requires_grad} == {n for n, _ in m.named_parameters()} - fixed
 

@@ -28,10 +28,29 @@ class ArchSpec:
     extra_embeds: tuple[str, ...] = ()  # other additive input-embedding tables (group ``embed``)
     pos_offset_key: str | None = None  # config field p: position ids start at p + 1 (RoBERTa's padding)
     unused_weights: tuple[str, ...] = ()  # regexes of checkpoint keys dropped on purpose (pooler, LM head)
+    input_width_key: str | None = None  # config field: width of inputs_embeds when not hidden_size (ALBERT)
+    embed_modules: tuple[str, ...] = ()  # other input-side modules, all their parameters in group ``embed``
+    unused_params: tuple[str, ...] = ()  # regexes of model parameters patch tokens never reach: fixed, no group
+    assumes: tuple[tuple[str, object], ...] = ()  # config values this layout relies on; others are refused
+    mask_4d: bool = True  # the model takes a 4D (B, 1, T, T) attention mask; False: only (B, T) padding
+    standalone_blocks: bool = True  # a block runs as block(hidden (B, T, C)) outside the model (``block_fn``)
+    own_attention: bool = False  # one hand-written attention (XLNet's): model.attn_implementation does not apply
 
     @property
     def rotary(self) -> bool:
+        """No learned position table: rotary (LLaMA) or relative (XLNet) positions inside the blocks."""
         return self.pos_embed is None
+
+    def input_width(self, config) -> int:
+        """Width of the vectors fed through ``inputs_embeds`` (ALBERT factorises: 128 in, 768 wide)."""
+        return getattr(config, self.input_width_key or "hidden_size")
+
+    def check_config(self, config) -> None:
+        """Refuse, in one line, a config whose layout differs from the one this row describes."""
+        for key, wanted in self.assumes:
+            if getattr(config, key, wanted) != wanted:
+                raise Lm2vError(f"{self.family} with {key}={getattr(config, key)} is not supported "
+                                f"(the architecture table assumes {key}={wanted})")
 
     def first_position(self, config) -> int:
         """Row of the position table that the first token reads (RoBERTa skips its padding rows)."""
@@ -73,6 +92,41 @@ ARCH: dict[str, ArchSpec] = {
 }
 
 
+# -- language families of the phase paper beyond the ones above ----------------------------------------------
+# DistilRoBERTa is model_type "roberta" and DialoGPT "gpt2": their rows above serve them unchanged.
+_DISTILBERT = ArchSpec(
+    family="distilbert", blocks="transformer.layer", word_embed="embeddings.word_embeddings",
+    pos_embed="embeddings.position_embeddings", causal=False, attn=("attention.",), mlp=("ffn.",),
+    dropout_keys=("dropout", "attention_dropout"), max_positions_key="max_position_embeddings",
+    unused_weights=(r"^vocab_(transform|layer_norm|projector)\.",),  # its masked-LM head
+)
+# ALBERT: one block's weights applied num_hidden_layers times (num_hidden_groups=1, inner_group_num=1 in every
+# released checkpoint), so its one "block" is that shared layer: block selectors pick weights, and first:1 or
+# all train every application of it. Inputs are embedding_size wide, mapped up to hidden_size by
+# ``embedding_hidden_mapping_in`` (group ``embed``). A per-block AGOP (``lm2v phase``) hooks that one module,
+# so it describes the input of its last application.
+_ALBERT = ArchSpec(
+    family="albert", blocks="encoder.albert_layer_groups.0.albert_layers", word_embed="embeddings.word_embeddings",
+    pos_embed="embeddings.position_embeddings", causal=False, attn=("attention.",), mlp=("ffn.", "ffn_output."),
+    dropout_keys=("hidden_dropout_prob", "attention_probs_dropout_prob"),
+    max_positions_key="max_position_embeddings", model_kwargs=(("add_pooling_layer", False),),
+    extra_embeds=("embeddings.token_type_embeddings",), input_width_key="embedding_size",
+    embed_modules=("encoder.embedding_hidden_mapping_in",), assumes=(("num_hidden_groups", 1), ("inner_group_num", 1)),
+    unused_weights=(r"^pooler\.", r"^predictions\.", r"^sop_classifier\."),
+)
+# XLNet: relative sinusoidal positions (no table), bidirectional content stream as used for fine-tuning
+# (attn_type "bi"; no perm_mask / target_mapping, so no query stream). It takes only a (B, T) padding mask,
+# and its blocks need the model's relative encodings (no standalone call). Without token types and the query
+# stream, the segment terms and the mask embedding never see a patch token.
+_XLNET = ArchSpec(
+    family="xlnet", blocks="layer", word_embed="word_embedding", pos_embed=None, causal=False,
+    attn=("rel_attn.",), mlp=("ff.",), dropout_keys=("dropout",), max_positions_key=None,
+    unused_params=(r"\.seg_embed$", r"\.r_s_bias$", r"^mask_emb$"), assumes=(("attn_type", "bi"),),
+    mask_4d=False, standalone_blocks=False, own_attention=True, unused_weights=(r"^lm_loss\.",),
+)
+ARCH.update({"distilbert": _DISTILBERT, "albert": _ALBERT, "xlnet": _XLNET})
+
+
 def arch_for(model_type: str) -> ArchSpec:
     """The layout of ``model_type``; unknown families are a one-line error."""
     try:
@@ -104,3 +158,15 @@ TINY_CONFIGS: dict[str, dict] = {
                        num_key_value_heads=1, head_dim=16, intermediate_size=64, vocab_size=16,
                        max_position_embeddings=256),
 }
+
+
+# -- language families of the phase paper: tiny configs (32 wide, 2 layers, as above) --------------------------
+TINY_CONFIGS.update({
+    "tiny-distilbert": dict(model_type="distilbert", dim=32, n_layers=2, n_heads=2, hidden_dim=64,
+                            max_position_embeddings=256, vocab_size=16),
+    # embedding_size 16 != hidden_size 32, as albert-base-v2's 128 != 768: the factorised input is exercised
+    "tiny-albert": dict(model_type="albert", hidden_size=32, embedding_size=16, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=256, vocab_size=16),
+    "tiny-xlnet": dict(model_type="xlnet", d_model=32, n_layer=2, n_head=2, d_inner=64, vocab_size=16,
+                       pad_token_id=0, bos_token_id=0, eos_token_id=0),
+})

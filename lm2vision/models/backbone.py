@@ -7,6 +7,7 @@ norm) -> pooling (B, C) -> linear head (B, K). The interface follows timm:
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -76,7 +77,11 @@ def enable_checkpointing(lm: nn.Module) -> None:
 
     Always non-reentrant: the reentrant form (the default of transformers 4.x) gives the blocks no
     gradient when their input needs none (a frozen patch embedding), and torch.compile traces it.
+    A family whose Hugging Face model has no checkpointing (ALBERT, XLNet) is a one-line error.
     """
+    if not getattr(lm, "supports_gradient_checkpointing", False):
+        raise Lm2vError(f"{type(lm).__name__} ({lm.config.model_type}) does not support gradient checkpointing: "
+                        "set model.gradient_checkpointing=false")
     kwargs = {"use_reentrant": False}
     if hasattr(lm, "activation_checkpointing_enable"):  # transformers >= 5.2x; the old name warns there
         lm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
@@ -91,16 +96,20 @@ class VisionBackbone(nn.Module):
         super().__init__()
         check_model_config(cfg)
         self.cfg, self.spec, self.lm = cfg, spec, lm
-        self.width: int = lm.config.hidden_size
+        spec.check_config(lm.config)
+        self.width: int = lm.config.hidden_size  # of the blocks and the pooled output
+        self.embed_width: int = spec.input_width(lm.config)  # of the patch tokens fed as inputs_embeds
         self.grid_size = cfg.image_size // cfg.patch_size
         self.num_tokens = self.grid_size**2
         self.causal = spec.causal if cfg.attention == "auto" else cfg.attention == "causal"
         self.positions = cfg.positions if cfg.positions != "auto" else ("none" if spec.rotary else "model")
         self.pooling = cfg.pooling if cfg.pooling != "auto" else ("last" if self.causal else "mean")
         self._check_positions()
+        self._check_attention()
         self._drop_word_embeddings()
-        self.patch_embed = PatchEmbed(cfg.patch_size, self.width)
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, self.width)) if self.positions == "learned" else None
+        self.patch_embed = PatchEmbed(cfg.patch_size, self.embed_width)
+        learned = self.positions == "learned"
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, self.embed_width)) if learned else None
         self.head = nn.Linear(self.width, cfg.num_classes)
         self.fixed_params: set[str] = self._disable_model_positions()
         self._crop_model_positions()
@@ -113,23 +122,29 @@ class VisionBackbone(nn.Module):
     # -- construction helpers -------------------------------------------------------------
     def _check_positions(self) -> None:
         if self.positions == "model" and self.spec.rotary:
-            raise Lm2vError(f"{self.spec.family} uses rotary positions: model.positions must be none or learned")
+            raise Lm2vError(f"{self.spec.family} has no position table (rotary or relative positions): "
+                            "model.positions must be none or learned")
         key = self.spec.max_positions_key
         limit = getattr(self.lm.config, key) - self.spec.first_position(self.lm.config) if key else None
         if self.positions == "model" and limit is not None and self.num_tokens > limit:
             raise Lm2vError(f"{self.num_tokens} patch tokens exceed the model's {limit} positions; use bigger patches")
 
+    def _check_attention(self) -> None:
+        if self.causal != self.spec.causal and not self.spec.mask_4d:
+            raise Lm2vError(f"{self.spec.family} takes no custom attention mask: model.attention must be auto or "
+                            f"{'causal' if self.spec.causal else 'bidirectional'}")
+
     def _drop_word_embeddings(self) -> None:
         # Patch tokens replace words: keep a 1-row table so the module tree stays intact.
         parent_path, _, leaf = self.spec.word_embed.rpartition(".")
         parent = self.lm.get_submodule(parent_path)  # "" is the model itself
-        setattr(parent, leaf, nn.Embedding(1, self.width))
+        setattr(parent, leaf, nn.Embedding(1, self.embed_width))
         for p in getattr(parent, leaf).parameters():
             p.requires_grad_(False)
 
     def _disable_model_positions(self) -> set[str]:
         """Zero the LM's own position table unless we reuse it; returns names never to train."""
-        fixed = {f"lm.{self.spec.word_embed}.weight"}
+        fixed = {f"lm.{self.spec.word_embed}.weight"} | self._unused_params()
         if self.spec.pos_embed and self.positions != "model":
             table = self.lm.get_submodule(self.spec.pos_embed)
             with torch.no_grad():
@@ -137,6 +152,18 @@ class VisionBackbone(nn.Module):
             table.weight.requires_grad_(False)
             fixed.add(f"lm.{self.spec.pos_embed}.weight")
         return fixed
+
+    def _unused_params(self) -> set[str]:
+        """The model's parameters that patch tokens never reach (``spec.unused_params``), frozen."""
+        if not self.spec.unused_params:
+            return set()
+        unused = re.compile("|".join(self.spec.unused_params))
+        names = set()
+        for name, p in self.lm.named_parameters():
+            if unused.search(name):
+                p.requires_grad_(False)
+                names.add(f"lm.{name}")
+        return names
 
     def _crop_model_positions(self) -> None:
         """Keep only the rows of a reused position table that patch tokens read (nanoGPT's
@@ -233,6 +260,9 @@ class VisionBackbone(nn.Module):
         """How to call one of this family's blocks on hidden states (B, T, C) -> (B, T, C) outside
         the language model (copies of blocks used as a decoder, say). Blocks keep their own default
         masking; rotary families also get the model's (cos, sin) for positions 0..T-1."""
+        if not self.spec.standalone_blocks:
+            raise Lm2vError(f"{self.spec.family} blocks cannot run outside the model (they need its relative "
+                            "position encodings): use another family for blocks copied from the language model")
         rotary = self.lm.get_submodule(self.spec.rotary_emb) if self.spec.rotary_emb else None
 
         def run(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -248,12 +278,16 @@ class VisionBackbone(nn.Module):
     def layer_groups(self) -> dict[str, list[str]]:
         """Parameter names per group: patch, pos, embed, norm, final_norm, attn, mlp, head, block.<i>.
 
-        ``embed`` holds the model's other additive input tables (BERT's token types); ``norm`` is every
+        ``embed`` holds the model's other input tables and modules (BERT's token types, ALBERT's projection
+        from its embedding width to its hidden width); ``norm`` is every
         norm; ``final_norm`` the norms outside the blocks (embedding norm, final norm). Within a block,
         ``attn``, ``mlp`` and ``norm`` partition its parameters for every family: a norm is never
         attention or MLP, wherever it sits (BERT's ``attention.output.LayerNorm``, Qwen3's ``q_norm``).
         Groups overlap otherwise (a block's LayerNorm is in ``norm`` and in ``block.<i>``); position
-        tables that are switched off and the unused word table (``fixed_params``) belong to no group.
+        tables that are switched off, the unused word table and the parameters patch tokens never reach
+        (``spec.unused_params``: XLNet's segment terms) are ``fixed_params`` and belong to no group.
+        A family sharing one block's weights across its layers (ALBERT) has one ``block.0``: block
+        selectors pick weights, so ``first:1`` trains every layer and ``first:2`` is refused.
         """
         groups: dict[str, list[str]] = {g: [] for g in GROUPS}
         groups.update({f"block.{i}": [] for i in range(self.num_blocks)})
@@ -281,9 +315,12 @@ class VisionBackbone(nn.Module):
             return ["head"]
         if name == "pos_embed" or name in self._model_tables(self.spec.pos_embed):
             return ["pos"]
-        if name in self._model_tables(*self.spec.extra_embeds):
+        if name in self._model_tables(*self.spec.extra_embeds) or name.startswith(self._embed_prefixes()):
             return ["embed"]
         return []
+
+    def _embed_prefixes(self) -> tuple[str, ...]:
+        return tuple(f"lm.{path}." for path in self.spec.embed_modules)
 
     def _model_tables(self, *paths: str | None) -> set[str]:
         return {f"lm.{path}.weight" for path in paths if path}

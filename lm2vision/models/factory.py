@@ -238,7 +238,9 @@ def _apply_dropout(config: PretrainedConfig, keys: tuple[str, ...], rate: float 
 
 def _build_lm(cfg: ModelConfig, config: PretrainedConfig) -> torch.nn.Module:
     spec = arch_for(config.model_type)
-    kw = dict(attn_implementation=cfg.attn_implementation, **dict(spec.model_kwargs))
+    kw = dict(spec.model_kwargs)
+    if not spec.own_attention:  # XLNet has no sdpa/eager choice (transformers refuses the argument)
+        kw["attn_implementation"] = cfg.attn_implementation
     if not cfg.pretrained:
         torch.manual_seed(cfg.init_seed)
         return AutoModel.from_config(config, dtype=torch.float32, **kw)  # not the config's dtype (fp16 copies)

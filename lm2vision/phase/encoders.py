@@ -7,9 +7,11 @@ projection is a buffer, never a parameter). ``embed`` returns the unprojected (B
 used by the alignment score.
 
 - vision: ``VisionBackbone.pool(forward_features(images))`` (the backbone's own pooling).
-- language: the mean of the last hidden states over the caption's real tokens. Masks are passed
-  as one additive 4D mask (B, 1, T, T) (padding, plus causality for decoders), which keeps every
-  sample independent under ``vmap``.
+- language: the mean of the last hidden states over the caption's real tokens, for every family
+  (decoders too: with right padding a caption's last real token sits at a different place in each
+  row). Masks are passed as one additive 4D mask (B, 1, T, T) (padding, plus causality for
+  decoders), which keeps every sample independent under ``vmap``; a family that takes only a
+  (B, T) padding mask (XLNet, ``ArchSpec.mask_4d``) gets that, and its own bidirectional attention.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from ..models import VisionBackbone
-from ..models.arch import ARCH
+from ..models.arch import ARCH, ArchSpec
 
 
 def _projection(width: int, out_dim: int | None, seed: int) -> torch.Tensor | None:
@@ -52,8 +54,12 @@ class VisionEmbedder(nn.Module):
         return {f"block.{i}": b for i, b in enumerate(self.backbone.blocks)}
 
 
+def _spec(model: nn.Module) -> ArchSpec | None:
+    return ARCH.get(getattr(model.config, "model_type", ""))
+
+
 def _is_causal(model: nn.Module) -> bool:
-    spec = ARCH.get(getattr(model.config, "model_type", ""))
+    spec = _spec(model)
     if spec is not None:
         return spec.causal
     return any(getattr(m, "is_causal", False) is True for m in model.modules())
@@ -67,6 +73,10 @@ class TextEmbedder(nn.Module):
         self.model = model
         self.token_embeddings = token_embeddings
         self.causal = _is_causal(model)
+        spec = _spec(model)
+        if spec is not None:
+            spec.check_config(model.config)
+        self.mask_4d = spec is None or spec.mask_4d
         self.out_width = out_dim or model.config.hidden_size  # O
         self.register_buffer("proj", _projection(model.config.hidden_size, out_dim, seed), persistent=False)
 
@@ -80,7 +90,8 @@ class TextEmbedder(nn.Module):
 
     def embed_tokens(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Input embeddings (B, T, C) -> mean-pooled (B, C) (the route AGOP differentiates)."""
-        h = self.model(inputs_embeds=embeds, attention_mask=self.attention_mask(mask, embeds.dtype)).last_hidden_state
+        attn = self.attention_mask(mask, embeds.dtype) if self.mask_4d else mask.to(embeds.dtype)
+        h = self.model(inputs_embeds=embeds, attention_mask=attn).last_hidden_state  # (B, T, C)
         w = mask[:, :, None].to(h.dtype)  # (B, T, 1)
         return (h * w).sum(1) / w.sum(1)  # (B, C)
 
@@ -93,7 +104,7 @@ class TextEmbedder(nn.Module):
 
     def agop_layers(self) -> dict[str, nn.Module]:
         """The transformer blocks (from the architecture table; empty for families not in it)."""
-        spec = ARCH.get(getattr(self.model.config, "model_type", ""))
+        spec = _spec(self.model)
         if spec is None:
             return {}
         return {f"block.{i}": b for i, b in enumerate(self.model.get_submodule(spec.blocks))}
