@@ -28,7 +28,7 @@ def register(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing report")
     p.add_argument("--config", help="YAML file with AnalyzeConfig fields")
     p.add_argument("--skip", action="append", default=[], help="part(s) to skip, comma list or repeated: "
-                   "curves, weights, landscape, features, alignment, layers")
+                   "curves, weights, landscape, features, alignment, layers, geometry")
     p.add_argument("--samples", type=int, help="images for t-SNE / cluster numbers / layer CKA (default 1000)")
     p.add_argument("--grid", type=int, help="landscape grid side (default 11)")
     p.add_argument("--range", type=float, help="landscape half-range of a and b (default 1.0)")
