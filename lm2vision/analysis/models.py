@@ -76,13 +76,14 @@ def is_run_dir(spec: str | Path) -> bool:
 
 
 def load_compare_model(spec: str, like=None) -> tuple[str, nn.Module]:
-    """``--compare-model``: an lm2vision run directory, a language model (through ``create_backbone``;
-    append ``@scratch`` for a fresh init), or a Hugging Face vision model (``AutoModel``, e.g. a ViT).
+    """``--compare-model``: an lm2vision run directory, a language model or an image model of the
+    architecture table (ViT, ResNet, ...) through ``create_backbone`` (append ``@scratch`` for a fresh
+    init), or another Hugging Face pixel model (``AutoModel``).
 
     ``like``: a ``ModelConfig`` whose image and patch size a backbone built from a name takes (so it
     reads the same images as that run); None keeps the ``ModelConfig`` defaults.
     """
-    from ..models import ARCH, ModelConfig, create_backbone, load_lm_config
+    from ..models import ARCH, IMAGE_ARCH, ModelConfig, create_backbone, load_lm_config
 
     if is_run_dir(spec):
         return f"run:{Path(spec).name}", load_run(spec).model
@@ -90,7 +91,7 @@ def load_compare_model(spec: str, like=None) -> tuple[str, nn.Module]:
     if flag not in ("", "scratch"):
         raise Lm2vError(f"--compare-model {spec!r}: the only suffix is @scratch")
     config = load_lm_config(name)
-    if config.model_type in ARCH:
+    if config.model_type in ARCH or config.model_type in IMAGE_ARCH:
         geometry = {} if like is None else {"image_size": like.image_size, "patch_size": like.patch_size}
         return spec, create_backbone(ModelConfig(name=name, pretrained=flag != "scratch", **geometry)).eval()
     return spec, _hf_model(name, config, scratch=flag == "scratch")
@@ -110,9 +111,10 @@ def load_image_model(spec: str, run_cfg) -> ImageModel | None:
     """``spec`` (as :func:`load_compare_model`) as a model fed with the analysed run's images, or None
     if it takes none (a Hugging Face text model, which has no patch embedding).
 
-    A run directory sees the images as it was trained (its own image size and normalisation); a
-    backbone built from a name, the analysed run's; a Hugging Face pixel model (a ViT), its config's
-    image size and the analysed run's normalisation (not its processor's).
+    A run directory sees the images as it was trained (its own image size and normalisation); an
+    image model of the architecture table, its own preprocessing (``ImageBackbone.prep``); a language
+    backbone built from a name, the analysed run's; another Hugging Face pixel model, its config's
+    image size and the analysed run's normalisation.
     """
     from ..train.rundir import read_run_config
 
@@ -120,6 +122,10 @@ def load_image_model(spec: str, run_cfg) -> ImageModel | None:
     if is_run_dir(spec):
         own = read_run_config(spec)
         return ImageModel(label, model, own.model.image_size, own.data)
+    prep = getattr(model, "prep", None)
+    if prep is not None:
+        data = dataclasses.replace(run_cfg.data, mean=list(prep.mean), std=list(prep.std))
+        return ImageModel(label, model, model.cfg.image_size, data)
     if hasattr(model, "forward_features"):
         return ImageModel(label, model, model.cfg.image_size, run_cfg.data)
     size = getattr(model.config, "image_size", None)

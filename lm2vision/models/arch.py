@@ -170,3 +170,119 @@ TINY_CONFIGS.update({
     "tiny-xlnet": dict(model_type="xlnet", d_model=32, n_layer=2, n_head=2, d_inner=64, vocab_size=16,
                        pad_token_id=0, bos_token_id=0, eos_token_id=0),
 })
+
+
+# =================================================================================================
+# Image families (native vision models of Hugging Face transformers): the rows of the table for
+# ``lm2vision.models.image.ImageBackbone``. Kept in their own block, apart from the language rows.
+# Paths are attribute paths / parameter-name prefixes on the base model of ``AutoModel``.
+# =================================================================================================
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # timm's IMAGENET_DEFAULT_*
+HALF = (0.5, 0.5, 0.5)  # transformers' IMAGENET_STANDARD_*: ViT-style processors map pixels to [-1, 1]
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """How one family of image models is laid out, pooled and preprocessed.
+
+    Groups (``ImageBackbone.layer_groups``): the parameters under ``blocks`` are ``block.<i>`` (the
+    stages of hierarchical models); outside them ``stem`` prefixes are ``patch``, ``pos`` names are
+    ``pos``, ``tokens`` names (class / distillation tokens) are ``embed``, ``post`` prefixes (layers
+    between the last block and pooling) are ``final_norm`` with the norms outside the blocks.
+    """
+
+    family: str
+    blocks: str  # ModuleList of blocks (transformers) or stages (hierarchical and CNN families)
+    stem: tuple[str, ...]  # parameter-name prefixes of the patch embedding / convolutional stem
+    pool: str  # "cls": token 0 of last_hidden_state; "mean": over tokens (B, T, C) or space (B, C, H, W)
+    pool_norm: str | None = None  # module applied after pooling (ConvNeXt's final LayerNorm)
+    pos: tuple[str, ...] = ()  # learned absolute position tables
+    tokens: tuple[str, ...] = ()  # extra learned input tokens (CLS, distillation)
+    post: tuple[str, ...] = ()  # parameter-name prefixes after the blocks that are not norms (EfficientNet's top conv)
+    width: str = "hidden_sizes"  # config field of the pooled width (a list: its last entry)
+    attn: str | None = None  # regex on the name inside a block: attention (transformer families)
+    mlp: str | None = None  # regex on the name inside a block: MLP
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # the family's processor default, used without a preprocessor_config.json
+    std: tuple[float, float, float] = IMAGENET_STD
+    attention_kernels: bool = False  # the family takes ``attn_implementation`` (sdpa | eager)
+    interpolate_pos: bool = False  # positions resize to another image size (``interpolate_pos_encoding``)
+    dropout_keys: tuple[str, ...] = ()  # config fields set by ModelConfig.dropout
+    model_kwargs: tuple[tuple[str, object], ...] = ()  # extra AutoModel kwargs (drop an unused pooler)
+    unused_weights: tuple[str, ...] = ()  # regexes of checkpoint keys dropped on purpose
+
+
+_VIT = ImageSpec(
+    family="vit", blocks="layers", stem=("embeddings.patch_embeddings.",), pool="cls",
+    pos=("embeddings.position_embeddings",), tokens=("embeddings.cls_token",),
+    width="hidden_size", attn=r"^attention\.", mlp=r"^(mlp|intermediate|output)\.", mean=HALF, std=HALF, attention_kernels=True,
+    interpolate_pos=True,
+    dropout_keys=("hidden_dropout_prob", "attention_probs_dropout_prob"),
+    model_kwargs=(("add_pooling_layer", False),), unused_weights=(r"^pooler\.",),
+)
+_CNN = ImageSpec(family="resnet", blocks="encoder.stages", stem=("embedder.",), pool="mean")
+
+# Hugging Face ``config.model_type`` -> layout. The classifier heads of ``*ForImageClassification``
+# read exactly this pooled vector: CLS for ViT and DeiT (DeiT's classifier head; its distillation
+# token is an input of the distilled head only), the spatial / token mean otherwise.
+IMAGE_ARCH: dict[str, ImageSpec] = {
+    "vit": _VIT,
+    "deit": replace(_VIT, family="deit", tokens=("embeddings.cls_token", "embeddings.distillation_token"),
+                    mean=IMAGENET_MEAN, std=IMAGENET_STD),
+    "swin": ImageSpec(family="swin", blocks="encoder.layers", stem=("embeddings.patch_embeddings.",), pool="mean",
+                      pos=("embeddings.position_embeddings",), width="hidden_size", attn=r"\.attention\.", mlp=r"\.(mlp|intermediate|output)\.",
+                      attention_kernels=True, interpolate_pos=True, dropout_keys=("hidden_dropout_prob", "attention_probs_dropout_prob"),
+                      model_kwargs=(("add_pooling_layer", False),)),
+    "convnext": ImageSpec(family="convnext", blocks="encoder.stages", stem=("embeddings.",), pool="mean",
+                          pool_norm="layernorm"),
+    "resnet": _CNN,
+    "regnet": replace(_CNN, family="regnet"),
+    "bit": replace(_CNN, family="bit"),
+    "efficientnet": ImageSpec(family="efficientnet", blocks="encoder.blocks", stem=("embeddings.",), pool="mean",
+                              post=("encoder.top_conv.",), width="hidden_dim"),
+}
+
+
+def image_arch_for(model_type: str) -> ImageSpec | None:
+    """The layout of an image family, or None when ``model_type`` is not one."""
+    return IMAGE_ARCH.get(model_type)
+
+
+# Tiny image configs (random weights, 32 px where the family has a native size): one per family.
+TINY_IMAGE_CONFIGS: dict[str, dict] = {
+    "tiny-vit": dict(model_type="vit", hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, image_size=32, patch_size=8),
+    "tiny-deit": dict(model_type="deit", hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                      intermediate_size=64, image_size=32, patch_size=8),
+    "tiny-swin": dict(model_type="swin", image_size=32, patch_size=2, embed_dim=16, depths=[1, 1],
+                      num_heads=[2, 2], window_size=4),
+    "tiny-convnext": dict(model_type="convnext", image_size=32, hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, patch_size=2),
+    "tiny-resnet": dict(model_type="resnet", embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                        layer_type="basic"),
+    "tiny-regnet": dict(model_type="regnet", embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                        groups_width=8),
+    "tiny-bit": dict(model_type="bit", embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                     layer_type="bottleneck", num_groups=2),
+    # hidden_dim must equal round_filters(1280 * width_coefficient) = 128, the top conv's width; at the
+    # default initializer_range 0.02 the random activations vanish (exactly 0 after 7 blocks): 0.7 keeps O(1)
+    "tiny-efficientnet": dict(model_type="efficientnet", image_size=32, width_coefficient=0.1,
+                              depth_coefficient=0.1, hidden_dim=128, initializer_range=0.7),
+}
+
+
+def tiny_config(name: str) -> dict | None:
+    """The in-memory config of a tiny alias, language (:data:`TINY_CONFIGS`) or image
+    (:data:`TINY_IMAGE_CONFIGS`), or None. The two tables stay apart: tests that cover every language
+    family iterate :data:`TINY_CONFIGS`."""
+    return TINY_CONFIGS.get(name) or TINY_IMAGE_CONFIGS.get(name)
+
+# timm models (``model.name=timm:NAME``, optional): timm pools and preprocesses by itself
+# (``forward_head(pre_logits=True)``, ``pretrained_cfg``); the row names where their parts live.
+# ``blocks`` is the first of TIMM_BLOCKS the model has (ViT / Mixer / EfficientNet: blocks, ConvNeXt:
+# stages, Swin: layers).
+TIMM_PREFIX = "timm:"
+TIMM_BLOCKS = ("blocks", "stages", "layers")
+TIMM_SPEC = ImageSpec(
+    family="timm", blocks="blocks", stem=("patch_embed.", "stem.", "conv_stem.", "stem_"), pool="timm",
+    pos=("pos_embed",), tokens=("cls_token", "reg_token", "dist_token"), post=("conv_head.", "head."),
+    width="num_features", attn=r"(^|\.)attn\.", mlp=r"(^|\.)mlp(_channels|_tokens)?\.",
+)

@@ -38,6 +38,10 @@ class ModelConfig:
     num_classes: int = field(default=10, metadata=bounds(ge=1))
     gradient_checkpointing: bool = False
     init_seed: int = 0  # seeds the fresh parts (patch embedding, head, our positions, scratch blocks)
+    # Image size and mean/std of the images. auto: an image model's own (its preprocessor_config.json,
+    # timm's pretrained_cfg, else its family's default), data.mean/std and model.image_size for a language
+    # backbone; data: always data.mean/std and model.image_size (positions interpolated where the family can)
+    preprocessing: str = field(default="auto", metadata=choices("auto", "data"))
 
 
 def check_model_config(cfg: ModelConfig) -> None:
@@ -70,6 +74,18 @@ class PatchEmbed(nn.Module):
     def weight_matrix(self) -> torch.Tensor:
         """The weight as (C, 3 * p * p), rows = output channels (for covariance analyses)."""
         return self.proj.weight.flatten(1)
+
+
+@torch.no_grad()
+def fresh_head(old: nn.Linear, width: int, num_classes: int, seed: int) -> nn.Linear:
+    """A new (width -> num_classes) linear head, weight N(0, 0.02) drawn from ``seed``, bias 0, with
+    ``old``'s dtype, device and train/eval mode (timm's ``reset_classifier``)."""
+    g = torch.Generator().manual_seed(seed)
+    # Built on the CPU and moved, as before: the throwaway default init draws from the global CPU RNG.
+    head = nn.Linear(width, num_classes, dtype=old.weight.dtype).to(old.weight.device)
+    head.weight.copy_(torch.randn(head.weight.shape, generator=g) * 0.02)
+    head.bias.zero_()
+    return head.train(old.training)
 
 
 def enable_checkpointing(lm: nn.Module) -> None:
@@ -199,13 +215,7 @@ class VisionBackbone(nn.Module):
     def reset_classifier(self, num_classes: int, seed: int | None = None) -> None:
         """A new linear head with ``num_classes`` outputs, init N(0, 0.02) as the paper, drawn from
         ``seed`` (default ``init_seed + 1``). It keeps the old head's dtype, device and train/eval mode."""
-        g = torch.Generator().manual_seed(self.cfg.init_seed + 1 if seed is None else seed)
-        old = self.head.weight
-        # Built on the CPU and moved, as before: the throwaway default init draws from the global CPU RNG.
-        head = nn.Linear(self.width, num_classes, dtype=old.dtype).to(old.device)
-        head.weight.copy_(torch.randn(head.weight.shape, generator=g) * 0.02)
-        head.bias.zero_()
-        self.head = head.train(self.head.training)
+        self.head = fresh_head(self.head, self.width, num_classes, self.cfg.init_seed + 1 if seed is None else seed)
         self.cfg.num_classes = num_classes
 
     # -- the timm-style interface ---------------------------------------------------------
@@ -216,6 +226,11 @@ class VisionBackbone(nn.Module):
     @property
     def num_blocks(self) -> int:
         return len(self.blocks)
+
+    @property
+    def patch_size(self) -> int:
+        """Side of the input patches (patch-wise analyses such as the input AGOP)."""
+        return self.cfg.patch_size
 
     def attention_mask(self, x: torch.Tensor) -> torch.Tensor | None:
         """None keeps the family's own masking (fast SDPA paths); else a 4D mask (B, 1, T, T)."""

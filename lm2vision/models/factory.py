@@ -24,8 +24,9 @@ from transformers import AutoConfig, AutoModel, PretrainedConfig
 from transformers.utils import logging as hf_logging
 
 from ..errors import Lm2vError
-from .arch import TINY_CONFIGS, ArchSpec, arch_for
+from .arch import TIMM_PREFIX, ArchSpec, ImageSpec, arch_for, image_arch_for, tiny_config
 from .backbone import ModelConfig, VisionBackbone, check_model_config
+from .image import ImageBackbone, Preprocessing, preprocessing_from, timm_backbone, timm_preprocessing
 
 DEFAULT_MODEL = "minilm"
 EXPORT_LIBRARY = "lm2vision"  # config.json's "library" in a folder written by ``lm2v export``: the marker
@@ -45,11 +46,13 @@ def embedded_minilm_path() -> Path:
 def resolve_source(name: str) -> str:
     """Alias -> local path; a local directory is returned as is, a hub id (``org/name``) too.
 
-    A name that is a path (``./x``, ``/x``, ``~/x``, or not a valid hub id) must be an existing
+    A ``timm:NAME`` is returned as is. A name that is a path (``./x``, ``/x``, ``~/x``, or not a valid hub id) must be an existing
     directory: a missing one or a file is a one-line :class:`Lm2vError`, never a hub lookup.
     """
     if name == DEFAULT_MODEL:
         return str(embedded_minilm_path())
+    if name.startswith(TIMM_PREFIX):  # timm's own name, resolved by timm.create_model
+        return name
     path = Path(name).expanduser()
     if not path.exists() and not _is_path(name):
         return name
@@ -120,8 +123,8 @@ def _first_line(e: Exception) -> str:
 
 def load_lm_config(name: str) -> PretrainedConfig:
     """The Hugging Face config of ``name`` (tiny alias, embedded alias, local path or hub id)."""
-    if name in TINY_CONFIGS:
-        return _config_from_dict(TINY_CONFIGS[name])
+    if tiny_config(name) is not None:
+        return _config_from_dict(tiny_config(name))
     export = exported_config(name)
     if export is not None:
         return _config_from_dict(export["lm_config"])
@@ -146,7 +149,7 @@ def _config_from_dict(d: dict) -> PretrainedConfig:
 def exported_config(name: str) -> dict | None:
     """The ``config.json`` of an lm2vision export named by ``name`` (a folder or a hub repo id), or
     None for any other name: a config.json without the marker is an ordinary Hugging Face model's."""
-    if name == DEFAULT_MODEL or name in TINY_CONFIGS:
+    if name == DEFAULT_MODEL or tiny_config(name) is not None:
         return None
     path = _export_file(name, "config.json")
     if path is None:
@@ -236,15 +239,18 @@ def _apply_dropout(config: PretrainedConfig, keys: tuple[str, ...], rate: float 
     return config
 
 
-def _build_lm(cfg: ModelConfig, config: PretrainedConfig) -> torch.nn.Module:
-    spec = arch_for(config.model_type)
+def _build_lm(cfg: ModelConfig, config: PretrainedConfig, spec: ArchSpec | ImageSpec | None = None) -> torch.nn.Module:
+    """The base model of ``config`` (``AutoModel``), fresh (seeded by ``init_seed``) or with the
+    weights of ``cfg.name`` checked by :func:`check_loading_info`. ``spec``: its row of the table."""
+    spec = spec or arch_for(config.model_type)
     kw = dict(spec.model_kwargs)
-    if not spec.own_attention:  # XLNet has no sdpa/eager choice (transformers refuses the argument)
+    # attention-free image families and XLNet (one attention of its own) refuse the argument
+    if getattr(spec, "attention_kernels", True) and not getattr(spec, "own_attention", False):
         kw["attn_implementation"] = cfg.attn_implementation
     if not cfg.pretrained:
         torch.manual_seed(cfg.init_seed)
         return AutoModel.from_config(config, dtype=torch.float32, **kw)  # not the config's dtype (fp16 copies)
-    if cfg.name in TINY_CONFIGS:
+    if tiny_config(cfg.name) is not None:
         raise Lm2vError(f"{cfg.name} is an in-memory test config with no weights: set model.pretrained=false")
     source = resolve_source(cfg.name)
     try:
@@ -257,7 +263,7 @@ def _build_lm(cfg: ModelConfig, config: PretrainedConfig) -> torch.nn.Module:
     return lm
 
 
-def check_loading_info(name: str, spec: ArchSpec, info: dict) -> None:
+def check_loading_info(name: str, spec: ArchSpec | ImageSpec, info: dict) -> None:
     """Every weight of the checkpoint and of the model is accounted for (nanoGPT's ``from_pretrained``):
     a missing or mis-shaped weight, or an unexpected one that ``spec.unused_weights`` does not name
     (the pooler, an LM head), is a one-line error instead of a warning and a silent random init."""
@@ -288,20 +294,71 @@ def _quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
-def create_backbone(cfg: ModelConfig, cls: type[VisionBackbone] = VisionBackbone) -> VisionBackbone:
+def create_backbone(cfg: ModelConfig, cls: type[VisionBackbone] = VisionBackbone) -> VisionBackbone | ImageBackbone:
     """Build the vision backbone described by ``cfg`` (as ``cls``, a VisionBackbone subclass).
+
+    The family of ``cfg.name``'s config decides, through the architecture table: a language family
+    gives a :class:`VisionBackbone` (patches through its blocks), an image family of
+    :data:`~lm2vision.models.arch.IMAGE_ARCH` an :class:`ImageBackbone`.
 
     ``pretrained=False`` builds the same architecture from its config alone and never reads the
     weights file. Fresh parts (patch embedding, head, our positions) are seeded by ``init_seed``.
     A ``name`` that is an lm2vision export (``lm2v export``) gives the exported backbone, every
     tensor of it (see :func:`_from_export`).
     """
-    check_model_config(cfg)
+    if cfg.name.startswith(TIMM_PREFIX):
+        return timm_backbone(cfg)
     export = exported_config(cfg.name)
     if export is not None:
+        check_model_config(cfg)
         return _from_export(cfg, export, cls)
     config = load_lm_config(cfg.name)
+    image = image_arch_for(config.model_type)
+    if image is not None:
+        return _image_backbone(cfg, config, image, cls)
+    check_model_config(cfg)
     spec = arch_for(config.model_type)
     config = _apply_dropout(config, spec.dropout_keys, cfg.dropout)
     lm = _build_lm(cfg, config)
     return cls(lm, spec, cfg)
+
+
+# -- native image models ---------------------------------------------------------------------------
+
+
+def processor_dict(name: str) -> dict | None:
+    """The image-processor config (``preprocessor_config.json``) of a model folder or cached hub id,
+    or None (a tiny config, or a model without one)."""
+    if tiny_config(name) is not None:
+        return None
+    from transformers import ImageProcessingMixin
+
+    source = resolve_source(name)
+    if os.path.isdir(source) and not os.path.isfile(os.path.join(source, "preprocessor_config.json")):
+        return None
+    try:
+        with _quiet_transformers():
+            d, _ = ImageProcessingMixin.get_image_processor_dict(source, **_hub_kwargs(source))
+    except (OSError, ValueError):
+        return None
+    return d
+
+
+def model_preprocessing(cfg: ModelConfig) -> Preprocessing | None:
+    """The preprocessing an image model declares (see :func:`~lm2vision.models.image.preprocessing_from`),
+    or None for a language backbone (it has none: ``data.mean/std`` and ``model.image_size`` apply)."""
+    if cfg.name.startswith(TIMM_PREFIX):
+        return timm_preprocessing(cfg.name[len(TIMM_PREFIX):])
+    if exported_config(cfg.name) is not None:
+        return None
+    config = load_lm_config(cfg.name)
+    spec = image_arch_for(config.model_type)
+    return None if spec is None else preprocessing_from(processor_dict(cfg.name), config, spec)
+
+
+def _image_backbone(cfg: ModelConfig, config: PretrainedConfig, spec: ImageSpec, cls: type) -> ImageBackbone:
+    if cls is not VisionBackbone:
+        raise Lm2vError(f"{cfg.name} is a {spec.family} image model: {cls.__name__} wraps language models only")
+    config = _apply_dropout(config, spec.dropout_keys, cfg.dropout)
+    model = _build_lm(cfg, config, spec)
+    return ImageBackbone(model, spec, cfg, preprocessing_from(processor_dict(cfg.name), config, spec))

@@ -6,7 +6,8 @@ projection P (C, O) with entries N(0, 1/C) when ``out_dim`` is set (keeps the ke
 projection is a buffer, never a parameter). ``embed`` returns the unprojected (B, C) embedding
 used by the alignment score.
 
-- vision: ``VisionBackbone.pool(forward_features(images))`` (the backbone's own pooling).
+- vision: ``backbone.pool(backbone.forward_features(images))`` (the backbone's own pooling), for a
+  :class:`~lm2vision.models.VisionBackbone` and an :class:`~lm2vision.models.ImageBackbone` alike.
 - language: the mean of the last hidden states over the caption's real tokens, for every family
   (decoders too: with right padding a caption's last real token sits at a different place in each
   row). Masks are passed as one additive 4D mask (B, 1, T, T) (padding, plus causality for
@@ -18,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..models import VisionBackbone
+from ..models import ImageBackbone, VisionBackbone
 from ..models.arch import ARCH, ArchSpec
 
 
@@ -32,7 +33,7 @@ def _projection(width: int, out_dim: int | None, seed: int) -> torch.Tensor | No
 class VisionEmbedder(nn.Module):
     """Normalised images (B, 3, S, S) -> pooled embedding (B, O) of a vision backbone."""
 
-    def __init__(self, backbone: VisionBackbone, out_dim: int | None = None, seed: int = 0):
+    def __init__(self, backbone: VisionBackbone | ImageBackbone, out_dim: int | None = None, seed: int = 0):
         super().__init__()
         self.backbone = backbone
         self.out_width = out_dim or backbone.width  # O
@@ -51,6 +52,7 @@ class VisionEmbedder(nn.Module):
         return [n for n, _ in self.named_parameters() if n not in fixed and not n.startswith("backbone.head.")]
 
     def agop_layers(self) -> dict[str, nn.Module]:
+        """The backbone's blocks (the stages of hierarchical image models)."""
         return {f"block.{i}": b for i, b in enumerate(self.backbone.blocks)}
 
 

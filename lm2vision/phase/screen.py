@@ -12,6 +12,7 @@ other half (a hit = a caption of the right class).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 from dataclasses import dataclass, field
@@ -235,6 +236,8 @@ def model_phase(side: Side, kind: str, x: Any, cfg: ScreenConfig, labels: torch.
 
 
 def vision_inputs(side: Side, pairs: Pairs, data: DataConfig, device: torch.device) -> torch.Tensor:
+    if side.mean is not None:  # the model's own normalisation (an image model, a run directory)
+        data = dataclasses.replace(data, mean=list(side.mean), std=list(side.std))
     return preprocess_eval(pairs.images, side.image_size, data).to(device)  # (N, 3, S, S)
 
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import Lm2vError
-from ..models import ModelConfig, TINY_CONFIGS, create_backbone, embedded_minilm_path, load_lm_config
+from ..models import ModelConfig, TINY_CONFIGS, create_backbone, embedded_minilm_path, load_lm_config, tiny_config
 from ..train.rundir import is_run_dir, load_run_model
 from .encoders import TextEmbedder, VisionEmbedder
 
@@ -52,23 +52,31 @@ class Side:
     now: nn.Module
     init: nn.Module
     image_size: int | None = None  # vision only
-    patch_size: int | None = None  # vision only
+    patch_size: int | None = None  # vision only: the patch side of the input AGOP
+    mean: tuple[float, ...] | None = None  # vision only: the normalisation its images get
+    std: tuple[float, ...] | None = None
     tokenizer: object | None = None  # language only
 
 
 def load_vision(spec: str, image_size: int = 32, patch_size: int = 4, out_dim: int | None = 8, seed: int = 0) -> Side:
-    """A vision side from an lm2vision run directory (now = final weights, init = ``init.safetensors``)
-    or a backbone name for ``create_backbone`` (now = pretrained, init = same architecture, fresh)."""
+    """A vision side from an lm2vision run directory (now = final weights, init = ``init.safetensors``;
+    its images as it was trained: image size, mean and std) or a backbone name for ``create_backbone``
+    (now = pretrained, init = same architecture, fresh): a language model fed ``patch_size`` patches of
+    ``image_size`` images, or an image model (ViT, ResNet, ...) at its own preprocessing."""
+    mean = std = None
     if is_run_dir(spec):
         now, cfg = load_run_model(spec)
         init, _ = load_run_model(spec, weights="init.safetensors")
-        image_size, patch_size = cfg.model.image_size, cfg.model.patch_size
+        mean, std = tuple(cfg.data.mean), tuple(cfg.data.std)
     else:
-        cfg = ModelConfig(name=spec, pretrained=spec not in TINY_CONFIGS, image_size=image_size, patch_size=patch_size)
+        cfg = ModelConfig(name=spec, pretrained=tiny_config(spec) is None, image_size=image_size, patch_size=patch_size)
         now = create_backbone(cfg)
         init = create_backbone(ModelConfig(**{**cfg.__dict__, "pretrained": False}))
+        prep = getattr(now, "prep", None)  # an image model's own normalisation
+        mean, std = (prep.mean, prep.std) if prep is not None else (None, None)
     wrap = lambda b: VisionEmbedder(b, out_dim, seed).eval()  # noqa: E731
-    return Side(spec, wrap(now), wrap(init), image_size=image_size, patch_size=patch_size)
+    return Side(spec, wrap(now), wrap(init), image_size=now.cfg.image_size, patch_size=now.patch_size,
+                mean=mean, std=std)
 
 
 def _text_source(spec: str) -> str:

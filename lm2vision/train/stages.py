@@ -14,7 +14,7 @@ from ..config import save_config
 from ..data import DataConfig, DataSplits, ImageSet, eval_transform, load_imageset_splits, random_labels, save_labels
 from ..data.fingerprint import dataset_source, fingerprint
 from ..errors import Lm2vError
-from ..models import VisionBackbone, apply_trainable, create_backbone, trainable_summary
+from ..models import VisionBackbone, apply_trainable, create_backbone, model_preprocessing, trainable_summary
 from ..utils.io import atomic_write_json
 from .checkpoint import load_full_model, save_full_model, save_tensors, trainable_state
 from .config import RunConfig, check_run_config
@@ -54,6 +54,24 @@ def prepare_model(cfg: RunConfig, num_classes: int) -> VisionBackbone:
     apply_trainable(model, cfg.trainable)
     check_probe_trainable(model, cfg)
     return model
+
+
+def apply_model_preprocessing(cfg: RunConfig) -> str | None:
+    """Give an image model its own preprocessing: ``model.image_size`` and ``data.mean/std`` set to
+    what it declares (``model.preprocessing=auto``), or kept as configured (``data``). Returns the
+    run-header line saying which, or None for a language backbone (``data.*`` and ``model.*`` apply)."""
+    prep = model_preprocessing(cfg.model)
+    if prep is None:
+        return None
+    fmt = lambda v: "(" + ", ".join(f"{x:g}" for x in v) + ")"  # noqa: E731
+    declared = f"{prep.image_size or 'any '}px, mean {fmt(prep.mean)}, std {fmt(prep.std)} ({prep.source})"
+    if cfg.model.preprocessing == "data":
+        return (f"preprocessing: data.mean {fmt(cfg.data.mean)}, std {fmt(cfg.data.std)}, {cfg.model.image_size}px "
+                f"(model.preprocessing=data; the model declares {declared})")
+    cfg.model.image_size = prep.image_size or cfg.model.image_size
+    cfg.data.mean, cfg.data.std = list(prep.mean), list(prep.std)
+    return (f"preprocessing: the model's own, {cfg.model.image_size}px, mean {fmt(prep.mean)}, std {fmt(prep.std)} "
+            f"({prep.source}); model.preprocessing=data keeps data.mean/std and model.image_size")
 
 
 def check_probe_trainable(model: VisionBackbone, cfg: RunConfig) -> None:
@@ -105,6 +123,7 @@ def run_stage(cfg: RunConfig, out: str | Path, resume: bool = False, overwrite: 
     run returns its summary with ``"finished_before": True``, changing nothing.
     """
     check_run_config(cfg)
+    note = apply_model_preprocessing(cfg)  # before resume_state: the saved config holds the resolved values
     inputs = run_inputs(cfg)  # the same for a resumed config, which differs in runtime.* only
     run = check_target(out, inputs)
     cfg, finished = resume_state(run, cfg, resume)
@@ -117,15 +136,16 @@ def run_stage(cfg: RunConfig, out: str | Path, resume: bool = False, overwrite: 
         data = fingerprint(cfg.data)
         model = prepare_model(cfg, splits.train.num_classes).to(rt.device)
         with open_run(run, resume=resume, overwrite=overwrite, inputs=inputs, rt=rt):
-            return _run_in(cfg, run, splits, data, model, resume, rt)
+            return _run_in(cfg, run, splits, data, model, resume, rt, note)
     finally:
         teardown(rt)
 
 
 def _run_in(cfg: RunConfig, run: Path, splits: DataSplits, data: dict, model: VisionBackbone, resume: bool,
-            rt: Runtime) -> dict:
-    """The stage inside its (locked) run directory."""
+            rt: Runtime, note: str | None = None) -> dict:
+    """The stage inside its (locked) run directory; ``note``: the preprocessing line of an image model."""
     _say(rt, f"[{cfg.stage}] {cfg.model.name} ({'pretrained' if cfg.model.pretrained else 'scratch'}) -> {run}\n"
+             + (f"{note}\n" if note else "") +
              f"runtime: {rt.device}, {rt.world_size} process(es), amp {rt.amp_dtype or 'off'}\n"
              f"data: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test, "
              f"{splits.train.num_classes} classes\n{trainable_summary(model)}")
