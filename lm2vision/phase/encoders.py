@@ -90,10 +90,14 @@ class TextEmbedder(nn.Module):
             allowed = allowed & torch.ones(T, T, dtype=torch.bool, device=mask.device).tril()
         return torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
+    def model_mask(self, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The ``attention_mask`` the model takes: the additive (B, 1, T, T) of :meth:`attention_mask`,
+        or the (B, T) padding mask itself for a family without 4D masks (``ArchSpec.mask_4d``)."""
+        return self.attention_mask(mask, dtype) if self.mask_4d else mask.to(dtype)
+
     def embed_tokens(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Input embeddings (B, T, C) -> mean-pooled (B, C) (the route AGOP differentiates)."""
-        attn = self.attention_mask(mask, embeds.dtype) if self.mask_4d else mask.to(embeds.dtype)
-        h = self.model(inputs_embeds=embeds, attention_mask=attn).last_hidden_state  # (B, T, C)
+        h = self.model(inputs_embeds=embeds, attention_mask=self.model_mask(mask, embeds.dtype)).last_hidden_state
         w = mask[:, :, None].to(h.dtype)  # (B, T, 1)
         return (h * w).sum(1) / w.sum(1)  # (B, C)
 

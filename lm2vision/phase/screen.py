@@ -208,7 +208,7 @@ def _text_layers(side: Side, x: tuple, batch: int) -> list[torch.Tensor]:
     for s in range(0, num_samples(x), batch):
         ids, mask = _slice(x, s + batch, start=s)
         embeds = emb.model.get_input_embeddings()(ids)
-        hs = emb.model(inputs_embeds=embeds, attention_mask=emb.attention_mask(mask, embeds.dtype),
+        hs = emb.model(inputs_embeds=embeds, attention_mask=emb.model_mask(mask, embeds.dtype),
                        output_hidden_states=True).hidden_states
         w = mask[:, :, None].float()  # (B, T, 1)
         out.append([((h.float() * w).sum(1) / w.sum(1)).cpu() for h in hs])
