@@ -32,6 +32,7 @@ COMMANDS = {
     "analyze": "analyze",
     "compare": "analyze",
     "phase": "phase",
+    "align": "align",
     "detect": "dense",
     "segment": "dense",
     "export": "export",

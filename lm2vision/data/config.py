@@ -7,8 +7,8 @@ from typing import Dict, List, Optional
 from ..config import bounds, choices
 from ..errors import Lm2vError
 
-DATASETS = ("bundled", "cifar10", "cifar100")  # or a path to a folder / archive
-FORMATS = ("auto", "folder", "cifar10", "cifar100", "tiny-imagenet", "imagefolder", "hf")
+DATASETS = ("bundled", "cifar10", "cifar100", "svhn")  # or a path to a folder / archive
+FORMATS = ("auto", "folder", "cifar10", "cifar100", "svhn", "tiny-imagenet", "imagefolder", "hf")
 STORAGES = ("auto", "memory", "stream")
 HUB_PREFIX = "hf:"  # dataset=hf:ORG/NAME reads a Hugging Face hub dataset
 AUTOAUGMENT_POLICIES = ("none", "imagenet", "cifar10", "svhn")  # kornia's AutoAugment policy names
@@ -39,12 +39,12 @@ class DataConfig:
     """Where the images come from and how they become batches.
 
     dataset: "bundled" (the CIFAR-10 subset shipped in the package, offline), "cifar10",
-        "cifar100" (read from ``root``), a path to a folder / ``.tar.gz`` / ``.tgz`` / ``.tar``, a
+        "cifar100", "svhn" (read from ``root``; SVHN's official ``.mat`` files under ``root/svhn/``), a path to a folder / ``.tar.gz`` / ``.tgz`` / ``.tar``, a
         folder written by Hugging Face ``datasets``' ``save_to_disk`` (format ``hf``, detected), or
         ``hf:ORG/NAME`` for a hub dataset (needs ``pip install "lm2vision[datasets]"`` and network).
-    root: directory holding ``cifar-10-batches-bin/`` etc. for dataset cifar10/cifar100; default
+    root: directory holding ``cifar-10-batches-bin/``, ``svhn/`` etc. for dataset cifar10/cifar100/svhn; default
         ``$LM2V_DATA`` or ``~/.cache/lm2vision/data``. Must be unset for the other datasets.
-    format: auto | folder | cifar10 | cifar100 | tiny-imagenet | imagefolder | hf (auto: from the layout).
+    format: auto | folder | cifar10 | cifar100 | svhn | tiny-imagenet | imagefolder | hf (auto: from the layout).
     image_column / label_column: the Hugging Face dataset's image and label columns; None: the one
         ``Image`` feature / the one ``ClassLabel`` feature (none or several: an error listing the columns).
     hf_config: the hub dataset's config name (``datasets.load_dataset(id, hf_config)``), if it has several.
@@ -56,7 +56,7 @@ class DataConfig:
     store_size: side of the stored images when a set's images differ in size (shorter side
         resized to it, then centre crop); sets whose images share one size keep it.
     on_corrupt: "skip" (one warning with the count) or "error".
-    download: fetch the official CIFAR binary archive when it is missing (md5-checked).
+    download: fetch the official CIFAR binary archive or SVHN ``.mat`` files when missing (md5-checked).
     augment: "crop_flip" (RandomResizedCrop scale [crop_scale_min, 1], ratio 3/4..4/3, + flip if
         ``hflip``) or "none" (resize only). The geometric part alone: ``autoaugment`` and
         ``random_erasing`` apply on top of either.

@@ -11,6 +11,7 @@ from .cifar import BINARY, PICKLED
 from .config import DataConfig
 from .hf import hub_fingerprint, is_hub_id
 from .readers import bundled_path, default_data_root
+from .svhn import FOLDER as SVHN_FOLDER
 
 
 def dataset_source(cfg: DataConfig) -> Path:
@@ -22,6 +23,8 @@ def dataset_source(cfg: DataConfig) -> Path:
         root = Path(cfg.root or default_data_root())
         binary, pickled = root / BINARY[cfg.dataset][0], root / PICKLED[cfg.dataset][0]
         return binary if binary.is_dir() or not pickled.is_dir() else pickled
+    if cfg.dataset == "svhn":
+        return Path(cfg.root or default_data_root()) / SVHN_FOLDER
     return Path(cfg.dataset).expanduser()
 
 

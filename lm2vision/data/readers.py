@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..errors import Lm2vError
-from . import cifar, hf
+from . import cifar, hf, svhn
 from .config import DATASETS, FORMATS, DataConfig
 from .decode import RawSplit, Source, decode_splits, is_image_name, scan_headers, store_shape
 from .files import FileTree, Skipped
@@ -57,7 +57,7 @@ def bundled_path() -> Path:
 
 
 def default_data_root() -> Path:
-    """Where cifar10/cifar100 live when ``root`` is unset: ``$LM2V_DATA`` or ``~/.cache/lm2vision/data``."""
+    """Where cifar10/cifar100/svhn live when ``root`` is unset: ``$LM2V_DATA`` or ``~/.cache/lm2vision/data``."""
     return Path(os.environ.get("LM2V_DATA", "~/.cache/lm2vision/data")).expanduser()
 
 
@@ -269,9 +269,11 @@ def _carve_test(train: RawSplit, classes: list[str], test_fraction: float, seed:
 
 
 def detect_format(tree: FileTree) -> str:
-    """The layout of ``tree``: tiny-imagenet, cifar10, cifar100, folder or imagefolder."""
+    """The layout of ``tree``: tiny-imagenet, cifar10, cifar100, svhn, folder or imagefolder."""
     if "wnids.txt" in tree:
         return "tiny-imagenet"
+    if svhn.has_svhn(tree):
+        return "svhn"
     for name in ("cifar10", "cifar100"):
         if cifar.has_binary(tree, name) or cifar.has_pickled(tree, name):
             return name
@@ -326,6 +328,8 @@ def read_dataset(path: str | Path, format: str = "auto", store_size: int = 32, o
     fmt, tree = _layout(path, format)
     if fmt in ("cifar10", "cifar100"):
         return cifar.read_cifar_tree(tree, fmt)
+    if fmt == "svhn":
+        return svhn.read_svhn_tree(tree)
     src = _file_source(path, fmt, tree, test_fraction, split_seed,
                        {"image_column": image_column, "label_column": label_column, "hf_config": hf_config})
     try:  # the warning comes even when the read fails: it may say why (e.g. every file was a .tif)
@@ -339,11 +343,12 @@ def _stream_sets(cfg: DataConfig) -> tuple[dict[str, LazyImageSet] | None, Sourc
     once it streams), or (None, why it cannot stream)."""
     if cfg.dataset == "bundled":
         return None, "the bundled set is a .tar.gz archive"
-    if cfg.dataset in ("cifar10", "cifar100"):
-        return None, f"{cfg.dataset} is read from CIFAR batch files, not one file per image"
+    batch_files = lambda name: "SVHN .mat" if name == "svhn" else "CIFAR batch"  # noqa: E731
+    if cfg.dataset in ("cifar10", "cifar100", "svhn"):
+        return None, f"{cfg.dataset} is read from {batch_files(cfg.dataset)} files, not one file per image"
     fmt, tree = _layout(cfg.dataset, cfg.format)
-    if fmt in ("cifar10", "cifar100"):
-        return None, f"{cfg.dataset} is in CIFAR batch files, not one file per image"
+    if fmt in ("cifar10", "cifar100", "svhn"):
+        return None, f"{cfg.dataset} is in {batch_files(fmt)} files, not one file per image"
     if tree is not None and tree.is_archive:
         return None, f"{cfg.dataset} is an archive, read whole into memory; extract it and pass the folder"
     src = _file_source(cfg.dataset, fmt, tree, cfg.test_fraction, cfg.split_seed, _hf_options(cfg))
@@ -375,7 +380,7 @@ def _check_config(cfg: DataConfig) -> None:
         if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
             raise Lm2vError(f"{key} must be >= 1 or null, got {getattr(cfg, key)}")
     if cfg.dataset not in DATASETS and cfg.root is not None:
-        raise Lm2vError("root is only for dataset=cifar10/cifar100; put the dataset path in `dataset`")
+        raise Lm2vError("root is only for dataset=cifar10/cifar100/svhn; put the dataset path in `dataset`")
 
 
 @functools.lru_cache(maxsize=2)
@@ -394,6 +399,10 @@ def _read_source(cfg: DataConfig) -> dict[str, ImageSet]:
         if cfg.format not in ("auto", cfg.dataset):
             raise Lm2vError(f"dataset={cfg.dataset} cannot be read with format={cfg.format}")
         return cifar.read_cifar(cfg.root or default_data_root(), cfg.dataset, cfg.download)
+    if cfg.dataset == "svhn":
+        if cfg.format not in ("auto", "svhn"):
+            raise Lm2vError(f"dataset=svhn cannot be read with format={cfg.format}")
+        return svhn.read_svhn(cfg.root or default_data_root(), cfg.download)
     return read_dataset(cfg.dataset, cfg.format, cfg.store_size, cfg.on_corrupt, cfg.test_fraction, cfg.split_seed,
                         **_hf_options(cfg))
 
