@@ -83,7 +83,7 @@ OVERRIDES = [
     (["optim.epochs=ten"], "bad config in override 'optim.epochs=ten': optim.epochs: Value 'ten'", True),
     (["runtime.device=bogus"], "runtime.device must be auto, cpu, cuda or cuda:N, got 'bogus'", True),
     (["probe.mode=x"], "probe.mode must be one of reinit, linear, finetune, got 'x'", True),
-    (["data.root=/nonexistent"], "data.root is read only for data.dataset cifar10 or cifar100, not 'bundled'", True),
+    (["data.root=/nonexistent"], "data.root is read only for data.dataset cifar10, cifar100 or svhn, not 'bundled'", True),
 ]
 OPTIMISER = [
     (["optim.lr=-1"], "optim.lr must be > 0, got -1.0", True),

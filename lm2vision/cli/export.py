@@ -17,6 +17,7 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from ..data.cifar import CIFAR10_CLASSES, CIFAR100_CLASSES
+from ..data.svhn import CLASSES as SVHN_CLASSES
 from ..errors import Lm2vError
 from ..models import HubBackbone, preprocessing, to_hub
 from ..models.factory import hub_unreachable
@@ -24,7 +25,8 @@ from ..train.config import RunConfig
 from ..train.rundir import is_finished, is_run_dir, load_run_model, read_summary
 
 # datasets whose class names are fixed (the bundled set is a CIFAR-10 subset)
-KNOWN_CLASSES = {"bundled": CIFAR10_CLASSES, "cifar10": CIFAR10_CLASSES, "cifar100": CIFAR100_CLASSES}
+KNOWN_CLASSES = {"bundled": CIFAR10_CLASSES, "cifar10": CIFAR10_CLASSES, "cifar100": CIFAR100_CLASSES,
+                 "svhn": SVHN_CLASSES}
 HELP = "write a finished run's backbone as a folder (config.json, model.safetensors) for create_model / model.name / --init"
 
 

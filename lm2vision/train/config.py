@@ -18,6 +18,8 @@ from ..errors import Lm2vError
 from ..models import ModelConfig, TrainableSpec
 from .trackers import TRACKERS, require
 
+ROOT_DATASETS = ("cifar10", "cifar100", "svhn")  # the datasets read from data.root
+
 
 @dataclass
 class LabelConfig:
@@ -184,8 +186,8 @@ def check_run_config(cfg: RunConfig) -> None:
     check_optim(cfg.optim)
     check_device(cfg.runtime.device)
     check_trackers(cfg.runtime)
-    if cfg.data.root and cfg.data.dataset not in ("cifar10", "cifar100"):
-        raise Lm2vError(f"data.root is read only for data.dataset cifar10 or cifar100, not {cfg.data.dataset!r} "
+    if cfg.data.root and cfg.data.dataset not in ROOT_DATASETS:
+        raise Lm2vError(f"data.root is read only for data.dataset cifar10, cifar100 or svhn, not {cfg.data.dataset!r} "
                         "(give a folder or archive as data.dataset=PATH)")
     if cfg.stage != "bridge" and cfg.labels.ratio > 0:
         raise Lm2vError(f"random labels belong to stage 1 (lm2v bridge); {cfg.stage} uses the real labels")
