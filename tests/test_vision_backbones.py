@@ -10,7 +10,7 @@ from transformers import (AutoModel, DeiTForImageClassification, ResNetForImageC
                           ViTForImageClassification)
 
 from lm2vision.cli.main import main
-from lm2vision.errors import Lm2vError
+from lm2vision.errors import Lm2vError, Lm2vWarning
 from lm2vision.models import (IMAGE_ARCH, ImageBackbone, ModelConfig, TrainableSpec, apply_trainable,
                               create_backbone, load_lm_config)
 from lm2vision.models.arch import TINY_IMAGE_CONFIGS
@@ -197,6 +197,18 @@ def test_lm2v_train_on_bundled_data(name, tmp_path, capsys):
     assert "preprocessing: the model's own, 32px" in capsys.readouterr().out
     saved = (out / "config.yaml").read_text()
     assert ("0.485" in saved) == (name == "tiny-resnet")  # ResNet normalises as ImageNet, ViT with 0.5
+
+
+def test_lm2v_analyze_on_a_vision_run_names_the_part_it_skips(tmp_path, capsys):
+    """The covariance alignment is about a linear patch embedding, which an image model's stem is not:
+    on a tiny-vit run it is skipped with one warning naming it; the other parts run."""
+    run, out = tmp_path / "run", tmp_path / "report"
+    assert main(["train", "model.name=tiny-vit", *SMALL_RUN, "--out", str(run)]) == 0
+    with pytest.warns(Lm2vWarning, match=r"alignment: skipped ImageBackbone: the model has no linear patch embedding"):
+        assert main(["analyze", str(run), "--out", str(out), "--samples", "60",
+                     "--skip", "landscape,features,curves"]) == 0
+    report = (out / "report.md").read_text()
+    assert "Covariance alignment" not in report and "Layer geometry" in report
 
 
 def test_lm2v_phase_two_vision_one_language(tmp_path):

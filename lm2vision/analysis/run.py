@@ -346,8 +346,9 @@ def _write_cka_csv(path: Path, cka: torch.Tensor, names_a: list[str], names_b: l
     atomic_write_text(path, buf.getvalue())
 
 
-def _skip_warning(skipped: list[str], notes: list[str], part: str = "layers") -> None:
-    message = f"{part}: skipped {', '.join(skipped)}: no image input (neither an lm2vision backbone nor a pixel model)"
+def _skip_warning(skipped: list[str], notes: list[str], part: str = "layers",
+                  why: str = "no image input (neither an lm2vision backbone nor a pixel model)") -> None:
+    message = f"{part}: skipped {', '.join(skipped)}: {why}"
     warnings.warn(message, Lm2vWarning, stacklevel=3)
     notes.append(message)
 
@@ -368,6 +369,10 @@ def analyze_run(run: str | Path, out: str | Path, cfg: AnalyzeConfig, log: Calla
     if "layers" in todo and not cfg.compare_models:
         todo.remove("layers")
         notes.append("layers: no --compare-model to compare with")
+    if "alignment" in todo and not hasattr(loaded.model, "patch_embed"):  # an image model's stem is not one
+        todo.remove("alignment")
+        _skip_warning([type(loaded.model).__name__], notes, part="alignment",
+                      why="the model has no linear patch embedding (Theorem 4.1 is about one)")
     sample = load_sample(loaded.cfg, cfg) if NEEDS_SAMPLE & set(todo) else None
     sections, timings = [], {}
     for part in todo:
