@@ -19,6 +19,7 @@ from ..errors import Lm2vError, Lm2vWarning
 from ..train.rundir import read_metrics, read_run_config
 from ..train.loop import extract_features
 from ..utils.io import atomic_write_json, atomic_write_text
+from ..utils.tables import csv_table
 from .landscape import DIRECTIONS
 from .report import Section, Table, write_report
 
@@ -282,11 +283,7 @@ def part_geometry(loaded, sample: Sample, cfg: AnalyzeConfig, out: Path, notes: 
 
 
 def _write_rows_csv(path: Path, rows: list[dict]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
+    atomic_write_text(path, csv_table(rows, lineterminator="\n"))
 
 
 def _compare_layers(run: tuple, cm, sample: Sample, cfg: AnalyzeConfig, out: Path, stem: str) -> dict:

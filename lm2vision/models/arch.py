@@ -34,7 +34,7 @@ class ArchSpec:
     assumes: tuple[tuple[str, object], ...] = ()  # config values this layout relies on; others are refused
     mask_4d: bool = True  # the model takes a 4D (B, 1, T, T) attention mask; False: only (B, T) padding
     standalone_blocks: bool = True  # a block runs as block(hidden (B, T, C)) outside the model (``block_fn``)
-    own_attention: bool = False  # one hand-written attention (XLNet's): model.attn_implementation does not apply
+    attention_kernels: bool = True  # takes model.attn_implementation (sdpa | eager); XLNet has one hand-written attention
 
     @property
     def rotary(self) -> bool:
@@ -122,7 +122,7 @@ _XLNET = ArchSpec(
     family="xlnet", blocks="layer", word_embed="word_embedding", pos_embed=None, causal=False,
     attn=("rel_attn.",), mlp=("ff.",), dropout_keys=("dropout",), max_positions_key=None,
     unused_params=(r"\.seg_embed$", r"\.r_s_bias$", r"^mask_emb$"), assumes=(("attn_type", "bi"),),
-    mask_4d=False, standalone_blocks=False, own_attention=True, unused_weights=(r"^lm_loss\.",),
+    mask_4d=False, standalone_blocks=False, attention_kernels=False, unused_weights=(r"^lm_loss\.",),
 )
 ARCH.update({"distilbert": _DISTILBERT, "albert": _ALBERT, "xlnet": _XLNET})
 

@@ -244,8 +244,7 @@ def _build_lm(cfg: ModelConfig, config: PretrainedConfig, spec: ArchSpec | Image
     weights of ``cfg.name`` checked by :func:`check_loading_info`. ``spec``: its row of the table."""
     spec = spec or arch_for(config.model_type)
     kw = dict(spec.model_kwargs)
-    # attention-free image families and XLNet (one attention of its own) refuse the argument
-    if getattr(spec, "attention_kernels", True) and not getattr(spec, "own_attention", False):
+    if spec.attention_kernels:  # attention-free image families and XLNet refuse the argument
         kw["attn_implementation"] = cfg.attn_implementation
     if not cfg.pretrained:
         torch.manual_seed(cfg.init_seed)

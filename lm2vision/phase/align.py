@@ -38,8 +38,6 @@ retrieved caption's class is the image's; chance = sum of squared class shares) 
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -57,7 +55,7 @@ from ..errors import Lm2vError, Lm2vWarning
 from ..models.arch import ARCH
 from ..models.freeze import GROUPS, TrainableSpec, apply_trainable, select_parameters
 from ..utils.device import resolve_device
-from ..utils.tables import markdown_table
+from ..utils.tables import csv_table, markdown_table
 from .alignment import _chance, _cosine_top1
 from .captions import TEMPLATES, caption_pairs, split_pairs
 from .ntk import NTKConfig, empirical_ntk, num_samples
@@ -483,11 +481,7 @@ def to_markdown(rows: list[dict], target: float) -> str:
 
 
 def to_csv(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS)
-    writer.writeheader()
-    writer.writerows({c: r[c] for c in COLUMNS} for r in rows)
-    return buf.getvalue()
+    return csv_table(rows, COLUMNS)
 
 
 def plot_curves(curves: dict[str, list[dict]], target: float, path) -> None:

@@ -22,8 +22,6 @@ Definitions (stated once):
 """
 from __future__ import annotations
 
-import csv
-import io
 import math
 import warnings
 from typing import Callable, Sequence
@@ -31,7 +29,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import Lm2vError, Lm2vWarning
-from ..utils.tables import markdown_table
+from ..utils.tables import csv_table, markdown_table
 
 
 def failed(row: dict, fail_ratio: float = 2.0) -> bool:
@@ -146,8 +144,4 @@ def predictors_markdown(table: list[dict], fail_ratio: float) -> str:
 
 
 def predictors_csv(table: list[dict]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=PREDICTOR_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({c: r.get(c) for c in PREDICTOR_COLUMNS} for r in table)
-    return buf.getvalue()
+    return csv_table(table, PREDICTOR_COLUMNS, lineterminator="\n")

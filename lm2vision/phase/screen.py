@@ -11,9 +11,7 @@ other half (a hit = a caption of the right class).
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import math
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
@@ -27,7 +25,7 @@ from ..config import bounds, choices, validate
 from ..data import DataConfig, ImageSet, cap_per_class, load_imageset_splits, preprocess_eval
 from ..errors import Lm2vError
 from ..utils.device import resolve_device
-from ..utils.tables import markdown_table
+from ..utils.tables import csv_table, markdown_table
 from .agop import Spectrum, agop, layer_agops, spectrum
 from .alignment import METHODS as ALIGN_METHODS, alignment_score
 from .ntk import NTKConfig, choose_method, empirical_ntk, num_samples
@@ -311,11 +309,7 @@ def to_markdown(rows: list[dict]) -> str:
 
 
 def to_csv(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS)
-    writer.writeheader()
-    writer.writerows({c: r[c] for c in COLUMNS} for r in rows)
-    return buf.getvalue()
+    return csv_table(rows, COLUMNS)
 
 
 def plot_landscape(rows: list[dict], path) -> None:

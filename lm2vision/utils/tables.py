@@ -1,7 +1,9 @@
-"""Markdown tables: one writer and one cell format for every table the project prints or saves
-(``lm2v demo`` / ``grid``, ``lm2v phase``, analysis reports, benchmarks)."""
+"""Tables: one Markdown writer and one cell format for every table the project prints or saves
+(``lm2v demo`` / ``grid``, ``lm2v phase``, analysis reports, benchmarks), and one CSV writer."""
 from __future__ import annotations
 
+import csv
+import io
 from typing import Any, Iterable, Mapping, Sequence
 
 
@@ -29,3 +31,15 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | N
 
 def _line(cells: Iterable[str]) -> str:
     return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"  # a bare | would split the cell
+
+
+def csv_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None,
+              lineterminator: str = "\r\n") -> str:
+    """The CSV text of ``rows`` with a header line; ``columns`` as in :func:`markdown_table` (a row
+    without a column leaves it empty). Values are written as :mod:`csv` writes them (no rounding)."""
+    cols = list(columns) if columns is not None else list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=cols, lineterminator=lineterminator)
+    writer.writeheader()
+    writer.writerows({c: r.get(c) for c in cols} for r in rows)
+    return buf.getvalue()
