@@ -3,6 +3,8 @@ import json
 import math
 
 import numpy as np
+import warnings
+
 import pytest
 import torch
 import torch.nn as nn
@@ -132,30 +134,52 @@ class TanhMLP(nn.Module):
         return torch.tanh(self.fc(x))
 
 
-def test_compatible_init_reaches_target_from_a_pretrained_like_start():
-    # start = another draw scaled by 20 (S = 0.77 on this probe, below the target): bisection on the
-    # line from the init (S = 1) to the start lands within tol of the target. (0.85, not 0.6: on an
-    # 8-sample probe the uncentred S of two tanh layers rarely goes lower; the mechanism is the same.)
-    x = torch.randn(8, 6, generator=torch.Generator().manual_seed(3))
-    ref = Tower(TanhMLP(0), 12, 4)
-    far = Tower(TanhMLP(0), 12, 4)
-    far.encoder.load_state_dict(TanhMLP(3).state_dict())
-    with torch.no_grad():
-        far.encoder.fc.weight.mul_(20), far.encoder.fc.bias.mul_(20)
-    assert kernel_similarity(tower_ntk(far, x, NTK), tower_ntk(ref, x, NTK)) < 0.8
-    s = compatible_init(far, ref, x, NTK, target=0.85, tol=0.01)
-    assert abs(s - 0.85) <= 0.01
-    assert abs(kernel_similarity(tower_ntk(far, x, NTK), tower_ntk(ref, x, NTK)) - 0.85) <= 0.01  # in place
+def _s(tower, ref, x):
+    return kernel_similarity(tower_ntk(tower, x, NTK), tower_ntk(ref, x, NTK))
 
 
-def test_compatible_init_says_when_the_target_is_out_of_reach():
-    # start = init (S = 1): random perturbations of a tanh layer saturate and leave the uncentred S
-    # near 0.9 on this probe; the tower keeps the largest one and a warning gives the S reached
+@pytest.mark.parametrize("start, target", [("init", 0.6), ("far", 0.85)])
+def test_compatible_init_lands_on_the_target_from_above_and_below(start, target):
+    # init: the untrained tower (S = 1, above the target); far: another draw scaled by 20 (S = 0.77 on
+    # this probe, below it). Either way S ends within tol of the target; only the trainable encoder moved.
     x = torch.randn(8, 6, generator=torch.Generator().manual_seed(3))
-    ref, untrained = Tower(TanhMLP(0), 12, 4), Tower(TanhMLP(0), 12, 4)
-    with pytest.warns(Lm2vWarning, match=r"vision side reached S = 0\.\d+, not 0.6"):
-        s = compatible_init(untrained, ref, x, NTK, target=0.6, tol=0.02, name="vision")
-    assert s == pytest.approx(kernel_similarity(tower_ntk(untrained, x, NTK), tower_ntk(ref, x, NTK)))
+    ref, tower = Tower(TanhMLP(0), 12, 4), Tower(TanhMLP(0), 12, 4)
+    if start == "far":
+        tower.encoder.load_state_dict(TanhMLP(3).state_dict())
+        with torch.no_grad():
+            tower.encoder.fc.weight.mul_(20), tower.encoder.fc.bias.mul_(20)
+    s0 = _s(tower, ref, x)
+    assert (s0 == pytest.approx(1.0)) if start == "init" else (s0 < 0.8)
+    head = tower.head.weight.detach().clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # reached: no warning
+        s = compatible_init(tower, ref, x, NTK, target=target, tol=0.01)
+    assert abs(s - target) <= 0.01 and _s(tower, ref, x) == pytest.approx(s)  # in place
+    assert torch.equal(tower.head.weight, head) and all(p.grad is None for p in tower.parameters())
+
+
+def test_compatible_init_bisects_a_step_that_crosses_the_target(monkeypatch):
+    # steps of 3x each tensor's RMS overshoot: the crossing step's segment is bisected onto the target
+    import lm2vision.phase.align as align_mod
+
+    calls = []
+    bisect = align_mod._bisect
+    monkeypatch.setattr(align_mod, "_bisect", lambda *a: calls.append(a[4]) or bisect(*a))
+    x = torch.randn(8, 6, generator=torch.Generator().manual_seed(3))
+    ref, tower = Tower(TanhMLP(0), 12, 4), Tower(TanhMLP(0), 12, 4)
+    s = compatible_init(tower, ref, x, NTK, target=0.9, tol=0.002, lr=3.0)
+    assert abs(s - 0.9) <= 0.002 and calls == [True]  # one bisection, from above the target
+
+
+def test_compatible_init_says_when_the_target_is_not_reached():
+    # one step of 1% of the RMS cannot take S from 1 to 0.6 (it stays above 0.99): the tower stays
+    # there, one warning gives the S reached
+    x = torch.randn(8, 6, generator=torch.Generator().manual_seed(3))
+    ref, tower = Tower(TanhMLP(0), 12, 4), Tower(TanhMLP(0), 12, 4)
+    with pytest.warns(Lm2vWarning, match=r"^compatible init: vision side reached S = (0\.99\d|1\.000), not 0.6 \+- 0.02, "
+                                         r"after 1 steps"):
+        s = compatible_init(tower, ref, x, NTK, target=0.6, tol=0.02, lr=0.01, max_steps=1, name="vision")
+    assert 0.99 < s < 1.0 and s == pytest.approx(_s(tower, ref, x))
     with pytest.raises(Lm2vError, match="heads alone"):
         frozen = Tower(TanhMLP(0), 12, 4)
         frozen.encoder.fc.requires_grad_(False)

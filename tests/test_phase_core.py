@@ -180,3 +180,19 @@ def test_three_methods_agree_on_tiny_transformer_backbone():
     k_proj = empirical_ntk(net, x, cfg=NTKConfig(method="projection", proj_dim=16384), names=names)
     torch.testing.assert_close(k_vjp, k_jac, rtol=1e-3, atol=1e-4 * float(k_jac.abs().max()))
     assert kernel_similarity(k_proj, k_jac.diagonal(dim1=2, dim2=3).sum(-1)) > 0.99
+
+
+def test_three_methods_agree_on_a_tiny_cnn():
+    from lm2vision.models import ModelConfig, create_backbone
+    from lm2vision.phase.encoders import VisionEmbedder
+
+    torch.manual_seed(0)
+    net = VisionEmbedder(create_backbone(ModelConfig(name="tiny-resnet", pretrained=False, image_size=16)),
+                         out_dim=2).eval()  # convolutions, batch norm (eval: running statistics), ReLU
+    x, names = torch.randn(4, 3, 16, 16), net.ntk_names()
+    assert any("convolution" in n for n in names)
+    k_jac = empirical_ntk(net, x, cfg=NTKConfig(method="jacobian", contraction="full"), names=names)  # (4, 4, 2, 2)
+    k_vjp = empirical_ntk(net, x, cfg=NTKConfig(method="vjp", contraction="full"), names=names)
+    k_proj = empirical_ntk(net, x, cfg=NTKConfig(method="projection", proj_dim=16384), names=names)
+    torch.testing.assert_close(k_vjp, k_jac, rtol=1e-3, atol=1e-4 * float(k_jac.abs().max()))
+    assert kernel_similarity(k_proj, k_jac.diagonal(dim1=2, dim2=3).sum(-1)) > 0.99

@@ -288,3 +288,27 @@ def test_resume_without_a_checkpoint_says_to_start_again(tmp_path, capsys):
 def test_check_target_accepts_a_fresh_folder_beside_the_inputs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert check_target("runs/new", inputs=[tmp_path / "data"]) == Path("runs/new")
+
+
+def test_a_command_that_stopped_before_computing_is_taken_again_without_overwrite(tmp_path, capsys, monkeypatch):
+    # a screen whose model cannot be built (no timm, or its weights neither cached nor reachable) stops
+    # inside the run: it leaves the marker and its config, and the same command runs again
+    monkeypatch.setattr("lm2vision.models.factory._hub_offline", lambda source: "the hub is offline (test)")
+    out = tmp_path / "phase"
+    command = ["phase", "--vision", "timm:resnet10t", "--language", "tiny-bert", "--out", str(out), "--no-progress"]
+    for _ in range(2):
+        assert main(command) == 2
+        assert "already exists" not in capsys.readouterr().err
+        assert sorted(p.name for p in out.iterdir()) == [MARKER, "config.yaml"]
+    with open_run(out, kind="phase") as run:
+        (run / "table.csv").write_text("a\n")
+    # anything else in it, or a live command's lock, and it is a run again
+    with pytest.raises(Lm2vError, match="already exists"):
+        with open_run(out, kind="phase"):
+            pass
+    (out / "table.csv").unlink()
+    lock = acquire_lock(out)
+    with pytest.raises(Lm2vError, match="already exists|locked|being written"):
+        with open_run(out, kind="phase"):
+            pass
+    lock.unlink()

@@ -3,6 +3,7 @@ timm when installed) as backbones: same answers as transformers' own forward, na
 preprocessing, and ``lm2v train`` / ``lm2v phase`` on them. Tiny in-memory configs, random weights."""
 import csv
 import json
+from collections import OrderedDict
 
 import pytest
 import torch
@@ -90,7 +91,10 @@ def test_vit_at_another_size_interpolates_positions():
 
 
 # -- every family: builds, runs, groups ------------------------------------------------------------
-@pytest.mark.parametrize("name", sorted(TINY_IMAGE_CONFIGS))
+HF_TINY = sorted(n for n, c in TINY_IMAGE_CONFIGS.items() if "timm" not in c)  # tiny-mixer is timm's
+
+
+@pytest.mark.parametrize("name", HF_TINY)
 def test_every_tiny_family_builds_runs_and_partitions(name):
     model = _backbone(name)
     assert IMAGE_ARCH[model.model.config.model_type] is model.spec  # dispatched through the table
@@ -211,14 +215,17 @@ def test_lm2v_analyze_on_a_vision_run_names_the_part_it_skips(tmp_path, capsys):
     assert "Covariance alignment" not in report and "Layer geometry" in report
 
 
-def test_lm2v_phase_two_vision_one_language(tmp_path):
+@pytest.mark.parametrize("vision", [["tiny-vit", "tiny-resnet"], ["tiny-mixer"]])
+def test_lm2v_phase_image_models_against_a_language_model(tmp_path, vision):
+    if "tiny-mixer" in vision:
+        pytest.importorskip("timm")
     out = tmp_path / "phase"
-    argv = ["phase", "--vision", "tiny-vit", "tiny-resnet", "--language", "tiny-bert", "--samples", "20",
+    argv = ["phase", "--vision", *vision, "--language", "tiny-bert", "--samples", "20",
             "--ntk-samples", "4", "--agop-samples", "2", "--no-progress", "--out", str(out)]
     assert main(argv) == 0
     with open(out / "table.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["vision"], r["language"]) for r in rows] == [("tiny-vit", "tiny-bert"), ("tiny-resnet", "tiny-bert")]
+    assert [(r["vision"], r["language"]) for r in rows] == [(v, "tiny-bert") for v in vision]
     # a tiny config is its own initialisation (same seed): the kernel did not move, S_v = 1
     assert all(float(r["S_v"]) == pytest.approx(1.0) for r in rows)
 
@@ -236,13 +243,119 @@ def test_compare_model_takes_an_image_model():
     assert isinstance(loaded.model, ImageBackbone) and loaded.data.mean == IMAGENET_MEAN
 
 
-# -- timm, optional ----------------------------------------------------------------------------------
+# -- timm: our adapter on a module with timm's model interface (runs without timm) ----------------------
+class _TimmLike(torch.nn.Module):
+    """What TimmBackbone reads from a timm model: ``group_matcher``, ``num_features``,
+    ``forward_features`` and ``forward_head(pre_logits=True)``; laid out as timm's ResNet."""
+
+    num_features = 6
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.bn1 = torch.nn.BatchNorm2d(4)
+        self.layer1 = torch.nn.Sequential(OrderedDict(conv1=torch.nn.Conv2d(4, 4, 3, padding=1), bn1=torch.nn.BatchNorm2d(4)))
+        self.layer2 = torch.nn.Sequential(torch.nn.Conv2d(4, 6, 3, stride=2, padding=1))
+
+    def group_matcher(self, coarse=False):
+        return dict(stem=r"^conv1|bn1|maxpool", blocks=r"^layer(\d+)" if coarse else r"^layer(\d+)\.(\d+)")
+
+    def forward_features(self, x):
+        return self.layer2(self.layer1(self.bn1(self.conv1(x))))
+
+    def forward_head(self, x, pre_logits=False):
+        return x.mean(dim=(-2, -1))
+
+
+def _timm_like() -> "ImageBackbone":
+    from lm2vision.models.image import Preprocessing, TimmBackbone
+
+    torch.manual_seed(0)
+    prep = Preprocessing(16, (0.5,) * 3, (0.5,) * 3, "timm pretrained_cfg")
+    return TimmBackbone(_TimmLike(), ModelConfig(name="timm:like", pretrained=False, num_classes=K), prep, "like").eval()
+
+
+def test_timm_adapter_groups_and_pools_as_its_group_matcher_says():
+    model = _timm_like()
+    assert model.block_names == ["layer1", "layer2"] and model.num_blocks == 2 and model.cfg.image_size == 16
+    g = model.layer_groups()
+    assert g["patch"] == ["model.conv1.weight", "model.conv1.bias"]
+    assert g["final_norm"] == ["model.bn1.weight", "model.bn1.bias"]  # norms outside the blocks, as for every family
+    assert g["block.0"] == ["model.layer1.conv1.weight", "model.layer1.conv1.bias", "model.layer1.bn1.weight",
+                            "model.layer1.bn1.bias"]
+    assert g["block.1"] == ["model.layer2.0.weight", "model.layer2.0.bias"]
+    x = _images(model)
+    torch.testing.assert_close(model.forward_head(model.forward_features(x), pre_logits=True),
+                               model.model.forward_features(x).mean(dim=(-2, -1)))
+    assert model(x).shape == (3, K)
+
+
+def test_timm_adapter_first_block_trains_exactly_its_parameters():
+    model = _timm_like()
+    apply_trainable(model, TrainableSpec(blocks="first:1", groups=["head"]))
+    trained = sorted(n for n, p in model.named_parameters() if p.requires_grad)
+    assert trained == sorted(["head.weight", "head.bias", "model.layer1.conv1.weight", "model.layer1.conv1.bias",
+                              "model.layer1.bn1.weight", "model.layer1.bn1.bias"])
+
+
+def test_timm_adapter_reinit_redraws_the_stem_only():
+    model = _timm_like()
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    model.reset_patch_embed(seed=7)
+    changed = sorted(n for n, p in model.named_parameters() if not torch.equal(p, before[n]))
+    assert changed == ["model.conv1.bias", "model.conv1.weight"]  # not layer1's conv1 / bn1
+
+
+def test_timm_block_names_follow_captured_indices_and_skip_join_previous_patterns():
+    from lm2vision.models.image import timm_block_names
+
+    net = torch.nn.Module()
+    net.blocks = torch.nn.ModuleList(torch.nn.Linear(2, 2) for _ in range(11))
+    net.norm = torch.nn.LayerNorm(2)
+    names = timm_block_names(net, [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))], "vit-like")
+    assert names == [f"blocks.{i}" for i in range(11)]  # 10 after 9, not after 1
+    with pytest.raises(Lm2vError, match=r"^timm model 'x': its group_matcher names no blocks$"):
+        timm_block_names(net, r"^stages\.(\d+)", "x")
+
+
+# -- timm itself, optional (CI has no timm: these skip) -----------------------------------------------
 def test_timm_model(monkeypatch):
     pytest.importorskip("timm")
     model = create_backbone(ModelConfig(name="timm:resnet10t", pretrained=False, num_classes=K, image_size=32)).eval()
     y = model(torch.zeros(2, 3, model.cfg.image_size, model.cfg.image_size))
-    assert y.shape == (2, K)
+    assert y.shape == (2, K) and model.block_names == ["layer1", "layer2", "layer3", "layer4"]
     assert model.prep.source == "timm pretrained_cfg" and model.prep.mean == tuple(IMAGENET_MEAN)
+
+
+def test_timm_mixer_at_the_data_size_and_its_groups():
+    pytest.importorskip("timm")
+    model = create_backbone(ModelConfig(name="timm:mixer_s16_224", pretrained=False, num_classes=K, image_size=32,
+                                        preprocessing="data")).eval()
+    assert model.cfg.image_size == 32 and model(torch.zeros(1, 3, 32, 32)).shape == (1, K)
+    g = model.layer_groups()
+    assert model.num_blocks == 8 and g["patch"] == ["model.stem.proj.weight", "model.stem.proj.bias"]
+    assert g["final_norm"] == ["model.norm.weight", "model.norm.bias"]
+
+
+def test_tiny_mixer_builds_at_32px_and_partitions():
+    pytest.importorskip("timm")
+    model = _backbone("tiny-mixer")
+    assert model.block_names == ["blocks.0", "blocks.1"] and model.width == 32 and model.cfg.image_size == 32
+    assert model.prep.image_size == 32 and model(_images(model, 2)).shape == (2, K)
+    groups = model.layer_groups()
+    primary = [n for g in (*PARTITION, "block.0", "block.1") for n in groups[g]]
+    assert sorted(primary) == sorted(n for n, _ in model.named_parameters())
+    with pytest.raises(Lm2vError, match="^tiny-mixer is an in-memory test config with no weights"):
+        create_backbone(ModelConfig(name="tiny-mixer", pretrained=True))
+
+
+def test_timm_pretrained_weights_offline_is_one_line(monkeypatch):
+    pytest.importorskip("timm")
+    monkeypatch.setenv("HF_HUB_CACHE", "/nonexistent-cache")
+    monkeypatch.setattr("lm2vision.models.factory._hub_offline", lambda source: "the hub is offline (test)")
+    with pytest.raises(Lm2vError, match=r"^timm model 'resnet10t': its weights \(timm/resnet10t\.c3_in1k\) are not in "
+                                        r"the local cache and the hub is offline \(test\); model\.pretrained=false"):
+        create_backbone(ModelConfig(name="timm:resnet10t", pretrained=True))
 
 
 def test_timm_absent_is_one_line(monkeypatch):

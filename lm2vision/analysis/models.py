@@ -84,15 +84,16 @@ def load_compare_model(spec: str, like=None) -> tuple[str, nn.Module]:
     reads the same images as that run); None keeps the ``ModelConfig`` defaults.
     """
     from ..models import ARCH, IMAGE_ARCH, ModelConfig, create_backbone, load_lm_config
+    from ..models.arch import timm_name
 
     if is_run_dir(spec):
         return f"run:{Path(spec).name}", load_run(spec).model
     name, _, flag = spec.partition("@")
     if flag not in ("", "scratch"):
         raise Lm2vError(f"--compare-model {spec!r}: the only suffix is @scratch")
-    config = load_lm_config(name)
-    if config.model_type in ARCH or config.model_type in IMAGE_ARCH:
-        geometry = {} if like is None else {"image_size": like.image_size, "patch_size": like.patch_size}
+    geometry = {} if like is None else {"image_size": like.image_size, "patch_size": like.patch_size}
+    config = None if timm_name(name) is not None else load_lm_config(name)  # timm: a backbone, no HF config
+    if config is None or config.model_type in ARCH or config.model_type in IMAGE_ARCH:
         return spec, create_backbone(ModelConfig(name=name, pretrained=flag != "scratch", **geometry)).eval()
     return spec, _hf_model(name, config, scratch=flag == "scratch")
 

@@ -266,6 +266,9 @@ TINY_IMAGE_CONFIGS: dict[str, dict] = {
     # default initializer_range 0.02 the random activations vanish (exactly 0 after 7 blocks): 0.7 keeps O(1)
     "tiny-efficientnet": dict(model_type="efficientnet", image_size=32, width_coefficient=0.1,
                               depth_coefficient=0.1, hidden_dim=128, initializer_range=0.7),
+    # MLP-Mixer has no transformers family: timm's class with mixer_s16_224's config (needs timm)
+    "tiny-mixer": dict(timm="mixer_s16_224", timm_class="MlpMixer", num_blocks=2, embed_dim=32, img_size=32,
+                       patch_size=8),
 }
 
 
@@ -276,13 +279,22 @@ def tiny_config(name: str) -> dict | None:
     return TINY_CONFIGS.get(name) or TINY_IMAGE_CONFIGS.get(name)
 
 # timm models (``model.name=timm:NAME``, optional): timm pools and preprocesses by itself
-# (``forward_head(pre_logits=True)``, ``pretrained_cfg``); the row names where their parts live.
-# ``blocks`` is the first of TIMM_BLOCKS the model has (ViT / Mixer / EfficientNet: blocks, ConvNeXt:
-# stages, Swin: layers).
+# (``forward_head(pre_logits=True)``, ``pretrained_cfg``) and names its own blocks and stem
+# (``group_matcher``); the row names the rest.
 TIMM_PREFIX = "timm:"
-TIMM_BLOCKS = ("blocks", "stages", "layers")
+
+
+def timm_name(name: str) -> tuple[str, dict] | None:
+    """(timm model name, ``timm.create_model`` keyword arguments) of ``timm:NAME`` or of a tiny
+    timm config (``tiny-mixer``), else None."""
+    if name.startswith(TIMM_PREFIX):
+        return name[len(TIMM_PREFIX):], {}
+    tiny = TINY_IMAGE_CONFIGS.get(name, {})
+    if "timm" in tiny:
+        return tiny["timm"], {k: v for k, v in tiny.items() if k != "timm"}
+    return None
 TIMM_SPEC = ImageSpec(
-    family="timm", blocks="blocks", stem=("patch_embed.", "stem.", "conv_stem.", "stem_"), pool="timm",
+    family="timm", blocks="", stem=(), pool="timm",
     pos=("pos_embed",), tokens=("cls_token", "reg_token", "dist_token"), post=("conv_head.", "head."),
     width="num_features", attn=r"(^|\.)attn\.", mlp=r"(^|\.)mlp(_channels|_tokens)?\.",
 )

@@ -24,9 +24,10 @@ from transformers import AutoConfig, AutoModel, PretrainedConfig
 from transformers.utils import logging as hf_logging
 
 from ..errors import Lm2vError
-from .arch import TIMM_PREFIX, ArchSpec, ImageSpec, arch_for, image_arch_for, tiny_config
+from .arch import TIMM_PREFIX, ArchSpec, ImageSpec, arch_for, image_arch_for, timm_name, tiny_config
 from .backbone import ModelConfig, VisionBackbone, check_model_config
-from .image import ImageBackbone, Preprocessing, preprocessing_from, timm_backbone, timm_preprocessing
+from .image import (ImageBackbone, Preprocessing, preprocessing_from, timm_backbone, timm_pretrained_cfg,
+                    timm_preprocessing)
 
 DEFAULT_MODEL = "minilm"
 EXPORT_LIBRARY = "lm2vision"  # config.json's "library" in a folder written by ``lm2v export``: the marker
@@ -113,6 +114,26 @@ def _not_cached(name: str, source: str, error: Exception) -> str | None:
     return None
 
 
+def _timm_cached_weights(cfg: ModelConfig) -> dict:
+    """For a pretrained timm model while the hub cannot be used: its cached weights file as timm's
+    ``pretrained_cfg_overlay`` (timm then reads the file instead of asking the hub), or a one-line
+    error when it is not cached. Nothing when the hub is reachable or no weights are wanted."""
+    name, tiny_kwargs = timm_name(cfg.name)
+    why = _hub_offline(name) if cfg.pretrained and not tiny_kwargs else None
+    if not why:
+        return {}
+    pc = timm_pretrained_cfg(name)
+    repo = pc.hf_hub_id if pc is not None else None
+    if not repo:  # an unknown name, or weights that are not on the hub: timm's own error says which
+        return {}
+    try:  # safetensors only: a cached pickle is never read
+        return {"pretrained_cfg_overlay": {"file": hf_hub_download(repo, "model.safetensors", local_files_only=True)}}
+    except (OSError, ValueError, TypeError):
+        pass
+    raise Lm2vError(f"timm model {name!r}: its weights ({repo}) are not in the local cache and {why}; "
+                    f"model.pretrained=false (or {cfg.name}@scratch) builds it with fresh weights")
+
+
 def _first_line(e: Exception) -> str:
     """A library error in one line; errors whose text says little (KeyError: 1748) keep their type."""
     text = str(e).splitlines()[0] if str(e).strip() else ""
@@ -123,6 +144,8 @@ def _first_line(e: Exception) -> str:
 
 def load_lm_config(name: str) -> PretrainedConfig:
     """The Hugging Face config of ``name`` (tiny alias, embedded alias, local path or hub id)."""
+    if timm_name(name) is not None:
+        raise Lm2vError(f"{name} is a timm model: it has no transformers config")
     if tiny_config(name) is not None:
         return _config_from_dict(tiny_config(name))
     export = exported_config(name)
@@ -305,8 +328,8 @@ def create_backbone(cfg: ModelConfig, cls: type[VisionBackbone] = VisionBackbone
     A ``name`` that is an lm2vision export (``lm2v export``) gives the exported backbone, every
     tensor of it (see :func:`_from_export`).
     """
-    if cfg.name.startswith(TIMM_PREFIX):
-        return timm_backbone(cfg)
+    if timm_name(cfg.name) is not None:
+        return timm_backbone(cfg, _timm_cached_weights(cfg))
     export = exported_config(cfg.name)
     if export is not None:
         check_model_config(cfg)
@@ -346,8 +369,9 @@ def processor_dict(name: str) -> dict | None:
 def model_preprocessing(cfg: ModelConfig) -> Preprocessing | None:
     """The preprocessing an image model declares (see :func:`~lm2vision.models.image.preprocessing_from`),
     or None for a language backbone (it has none: ``data.mean/std`` and ``model.image_size`` apply)."""
-    if cfg.name.startswith(TIMM_PREFIX):
-        return timm_preprocessing(cfg.name[len(TIMM_PREFIX):])
+    timm = timm_name(cfg.name)
+    if timm is not None:
+        return timm_preprocessing(timm[0], img_size=timm[1].get("img_size"))
     if exported_config(cfg.name) is not None:
         return None
     config = load_lm_config(cfg.name)

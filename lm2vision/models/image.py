@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from ..config import validate
 from ..errors import Lm2vError
-from .arch import TIMM_BLOCKS, TIMM_PREFIX, TIMM_SPEC, ImageSpec
+from .arch import TIMM_SPEC, ImageSpec, timm_name
 from .backbone import ModelConfig, enable_checkpointing, fresh_head
 from .freeze import GROUPS, TrainableSpec
 
@@ -146,7 +146,8 @@ class ImageBackbone(nn.Module):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.cfg.init_seed if seed is None else seed)
             for name, module in self.model.named_modules():
-                if f"{name}.".startswith(self.spec.stem) and hasattr(module, "reset_parameters"):
+                inner = f"{name}."
+                if self._block_of(inner) is None and self._in_stem(inner) and hasattr(module, "reset_parameters"):
                     module.reset_parameters()
 
     def block_fn(self):
@@ -175,9 +176,9 @@ class ImageBackbone(nn.Module):
         if name.startswith("head."):
             return ["head"]
         inner = name[len("model."):]
-        prefix = f"{self.spec.blocks}."
-        if inner.startswith(prefix):
-            index, _, rest = inner[len(prefix):].partition(".")
+        block = self._block_of(inner)
+        if block is not None:
+            index, rest = block
             if norm:
                 return [f"block.{index}", "norm"]
             for part, pattern in (("attn", self.spec.attn), ("mlp", self.spec.mlp)):
@@ -190,11 +191,22 @@ class ImageBackbone(nn.Module):
             return ["pos"]
         if inner in self.spec.tokens:
             return ["embed"]
-        if inner.startswith(self.spec.stem):
+        if self._in_stem(inner):
             return ["patch"]
         if inner.startswith(self.spec.post):
             return ["final_norm"]
         return []
+
+    def _block_of(self, inner: str) -> tuple[int, str] | None:
+        """(block index, the name inside the block) of a parameter of ``self.model``, or None."""
+        prefix = f"{self.spec.blocks}."
+        if not inner.startswith(prefix):
+            return None
+        index, _, rest = inner[len(prefix):].partition(".")
+        return int(index), rest
+
+    def _in_stem(self, inner: str) -> bool:
+        return inner.startswith(self.spec.stem)
 
     def _norm_param_names(self) -> set[str]:
         names = set()
@@ -213,10 +225,32 @@ class ImageBackbone(nn.Module):
 # -- timm (optional) -----------------------------------------------------------------------------------
 class TimmBackbone(ImageBackbone):
     """A timm model (``model.name=timm:NAME``) with our head: timm's own ``forward_features`` and
-    pooling (``forward_head(pre_logits=True)``); groups from :data:`~lm2vision.models.arch.TIMM_SPEC`."""
+    pooling (``forward_head(pre_logits=True)``). Its blocks and stem are what the model's own
+    ``group_matcher(coarse=True)`` says (the grouping timm's layer-wise lr decay uses): ``block.<i>``
+    is the i-th stage or block (ViT, Mixer: ``blocks.i``; ResNet: ``layer<i+1>``; ConvNeXt:
+    ``stages.i``), ``patch`` what the ``stem`` pattern matches."""
+
+    def __init__(self, model: nn.Module, cfg: ModelConfig, prep: Preprocessing, name: str):
+        matcher = model.group_matcher(coarse=True)
+        self.block_names = timm_block_names(model, matcher.get("blocks"), name)
+        self.stem_pattern = re.compile(matcher["stem"]) if matcher.get("stem") else None
+        super().__init__(model, TIMM_SPEC, cfg, prep)
 
     def _config_width(self) -> int:
         return int(self.model.num_features)
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return nn.ModuleList(self.model.get_submodule(n) for n in self.block_names)
+
+    def _block_of(self, inner: str) -> tuple[int, str] | None:
+        for i, block in enumerate(self.block_names):
+            if inner.startswith(f"{block}."):
+                return i, inner[len(block) + 1:]
+        return None
+
+    def _in_stem(self, inner: str) -> bool:
+        return bool(self.stem_pattern and self.stem_pattern.match(inner))
 
     @property
     def patch_size(self) -> int:
@@ -232,6 +266,27 @@ class TimmBackbone(ImageBackbone):
         return self.model.forward_head(h, pre_logits=True)  # (B, C)
 
 
+def timm_block_names(model: nn.Module, patterns, name: str) -> list[str]:
+    """The outermost modules that a timm ``group_matcher`` blocks pattern matches (``^blocks\\.(\\d+)``
+    -> ``blocks.0``, ``blocks.1``, ...; ``^layer(\\d+)`` -> ``layer1``, ...), ordered by the captured
+    indices. Patterns with a suffix (``(r'^norm', (99999,))``: "join the previous group") are not
+    blocks: those parameters keep their own group (``final_norm``)."""
+    if isinstance(patterns, str):
+        patterns = [(patterns, None)]
+    regexes = [re.compile(p) for p, suffix in (patterns or []) if suffix is None]
+    found: dict[str, tuple[int, ...]] = {}
+    for mname, _ in model.named_modules():
+        parent = mname.rpartition(".")[0]
+        for rx in regexes:
+            m = rx.match(f"{mname}.")
+            if mname and m and m.groups() and not any(rx.match(f"{parent}.") for rx in regexes if parent):
+                found[mname] = tuple(int(g) for g in m.groups())
+                break
+    if not found:
+        raise Lm2vError(f"timm model {name!r}: its group_matcher names no blocks")
+    return sorted(found, key=found.get)
+
+
 def import_timm():
     """The optional timm package, or a one-line error naming its install command."""
     try:
@@ -241,27 +296,44 @@ def import_timm():
     return timm
 
 
-def timm_preprocessing(name: str, model=None) -> Preprocessing:
-    """Image size, mean and std of timm's ``pretrained_cfg`` for ``name`` (timm's default tag)."""
-    timm = import_timm()
-    pc = model.pretrained_cfg if model is not None else timm.models.get_pretrained_cfg(name)
+def timm_pretrained_cfg(name: str):
+    """timm's ``PretrainedCfg`` of ``name`` (its default tag), or None when timm knows none."""
+    return import_timm().models.get_pretrained_cfg(name)
+
+
+def timm_preprocessing(name: str, model=None, img_size: int | None = None) -> Preprocessing:
+    """Image size, mean and std of timm's ``pretrained_cfg`` for ``name`` (timm's default tag); the
+    size is ``img_size`` when the model is built for another size than that config says."""
+    pc = model.pretrained_cfg if model is not None else timm_pretrained_cfg(name)
     if pc is None:
         raise Lm2vError(f"timm knows no model {name!r}")
     pc = pc if isinstance(pc, dict) else pc.to_dict()
-    return Preprocessing(int(pc["input_size"][-1]), tuple(pc["mean"]), tuple(pc["std"]), "timm pretrained_cfg")
+    return Preprocessing(int(img_size or pc["input_size"][-1]), tuple(pc["mean"]), tuple(pc["std"]),
+                         "timm pretrained_cfg")
 
 
-def timm_backbone(cfg: ModelConfig) -> TimmBackbone:
+def timm_backbone(cfg: ModelConfig, create_kwargs: dict | None = None) -> TimmBackbone:
     """``timm.create_model(NAME, pretrained=cfg.pretrained, num_classes=0)`` as a backbone (fresh
-    weights seeded by ``init_seed``)."""
+    weights seeded by ``init_seed``). A model of fixed input size (ViT, Mixer, Swin) is built for
+    ``cfg.image_size`` when ``preprocessing=data`` (``img_size=``; timm resamples pretrained
+    position tables, and says so when it cannot). ``create_kwargs`` go to ``timm.create_model``."""
     timm = import_timm()
-    name = cfg.name[len(TIMM_PREFIX):]
+    name, tiny_kwargs = timm_name(cfg.name)
+    if tiny_kwargs and cfg.pretrained:
+        raise Lm2vError(f"{cfg.name} is an in-memory test config with no weights: set model.pretrained=false")
     torch.manual_seed(cfg.init_seed)
+    kwargs = {**tiny_kwargs, **(create_kwargs or {})}
+    if cfg.preprocessing == "data":
+        pc = timm_pretrained_cfg(name)
+        if pc is not None and pc.to_dict().get("fixed_input_size") and pc.input_size[-1] != cfg.image_size:
+            kwargs["img_size"] = cfg.image_size
+    cls = kwargs.pop("timm_class", None)  # a tiny config: timm's model class built with its own sizes
     try:
-        model = timm.create_model(name, pretrained=cfg.pretrained, num_classes=0)
+        if cls:
+            model = timm.models.build_model_with_cfg(getattr(timm.models, cls), name, pretrained=False,
+                                                     num_classes=0, **kwargs)
+        else:
+            model = timm.create_model(name, pretrained=cfg.pretrained, num_classes=0, **kwargs)
     except (RuntimeError, OSError, ValueError) as e:
         raise Lm2vError(f"cannot build timm model {name!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    blocks = next((b for b in TIMM_BLOCKS if isinstance(getattr(model, b, None), (nn.Sequential, nn.ModuleList))), None)
-    if blocks is None:
-        raise Lm2vError(f"timm model {name!r} keeps its blocks in none of {', '.join(TIMM_BLOCKS)}")
-    return TimmBackbone(model, dataclasses.replace(TIMM_SPEC, blocks=blocks), cfg, timm_preprocessing(name, model))
+    return TimmBackbone(model, cfg, timm_preprocessing(name, model, kwargs.get("img_size")), name)

@@ -179,6 +179,14 @@ def _replace(run: Path) -> None:
     (replaced_path(run) / LOCK).unlink(missing_ok=True)
 
 
+def is_stub(run: Path) -> bool:
+    """Whether ``run`` holds only what a command that stopped before computing anything leaves: lm2v's
+    marker and the config it was to run (no lock of a live command). Such a directory is taken again
+    without ``--overwrite``: there is nothing in it to lose."""
+    names = {p.name for p in run.iterdir()}
+    return MARKER in names and names <= {MARKER, CONFIG}
+
+
 def _create(run: Path, kind: str) -> None:
     run.mkdir(parents=True, exist_ok=True)
     marker = {"kind": kind, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "pid": os.getpid()}
@@ -190,7 +198,7 @@ def _claim(run: Path, resume: bool, overwrite: bool, kind: str) -> Path:
     if resume and overwrite:
         raise Lm2vError("--resume and --overwrite exclude each other")
     _recover_interrupted_replace(run)
-    occupied = run.is_dir() and any(run.iterdir())
+    occupied = run.is_dir() and any(run.iterdir()) and not is_stub(run)
     if resume:
         if not is_run_dir(run):
             raise Lm2vError(f"nothing to resume in {run}: not an lm2v run directory")
