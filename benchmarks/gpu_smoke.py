@@ -13,6 +13,9 @@ Each check prints ``PASS name: detail`` or ``FAIL name: detail``, and one JSON l
 - ``bridge_bf16_compile_phase``: a short phase-aware bridge run (adaptive lr + penalty) with the
   device's autocast and ``runtime.compile`` finishes with finite losses and S(t) logged.
 - ``fp16_run``: a short run with ``runtime.amp=fp16`` finishes with a finite loss.
+- ``flex_attention_matches_sdpa`` (CUDA only): flex attention on tiny-llama gives sdpa's tokens.
+- ``levers_run`` (CUDA only): a short run with CUDA graphs, the compiled optimizer step and the bf16
+  residual stream finishes with a finite loss.
 - ``two_process_gloo``: two CPU processes under torchrun (gloo, no NCCL needed) give the weights of one
   process with the same global batch (skipped with ``--no-nproc``).
 """
@@ -87,6 +90,21 @@ def check_run(out: Path, extra: list[str]) -> tuple[bool, str]:
     return ok, f"train losses {[round(x, 4) for x in losses]}" + (f", S(t) {[round(s, 4) for s in phase]}" if phase else "")
 
 
+def check_flex(device: torch.device) -> tuple[bool, str]:
+    """tiny-llama with flex attention gives sdpa's tokens from the same weights (fp32)."""
+    from lm2vision.models import ModelConfig, create_backbone
+
+    cfg = dict(name="tiny-llama", pretrained=False, image_size=16, patch_size=4, dropout=0.0)
+    sdpa = create_backbone(ModelConfig(**cfg)).to(device).eval()
+    flex = create_backbone(ModelConfig(**cfg, attn_implementation="flex_attention")).to(device).eval()
+    flex.load_state_dict(sdpa.state_dict())
+    x = torch.randn(2, 3, 16, 16, device=device)
+    with torch.no_grad():
+        gap = float((flex.forward_features(x) - sdpa.forward_features(x)).abs().max())
+    impl = flex.lm.config._attn_implementation
+    return impl == "flex_attention" and gap < 1e-4, f"{impl}, max |flex - sdpa| = {gap:.2e}"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -131,6 +149,11 @@ def main(argv=None) -> int:
             ("bridge_bf16_compile_phase", lambda: check_run(tmp / "phase", runtime + phase + ["runtime.amp=auto"])),
             ("fp16_run", lambda: check_run(tmp / "fp16", runtime + ["runtime.amp=fp16"])),
         ]
+        if device.type == "cuda":  # the speed levers' GPU paths (issue 15); CPU runs test their fallbacks
+            levers = ["runtime.compile=true", "runtime.compile_mode=reduce-overhead", "runtime.compile_optimizer=true",
+                      "runtime.residual_bf16=true", "runtime.amp=bf16"]
+            checks += [("flex_attention_matches_sdpa", lambda: check_flex(device)),
+                       ("levers_run", lambda: check_run(tmp / "levers", [f"runtime.device={args.device}", *levers]))]
         if not args.no_nproc:
             checks.append(("two_process_gloo", lambda: check_two_process_gloo(tmp)))
         for name, fn in checks:

@@ -11,7 +11,8 @@ from typing import List, Optional
 from ..config import bounds, choices, validate
 from ..errors import Lm2vError
 from ..models import ModelConfig, TrainableSpec
-from ..train.config import OptimConfig, RuntimeConfig, check_device, check_optim, check_trackers, sdpa_backends
+from ..train.config import (OptimConfig, RuntimeConfig, check_device, check_levers, check_optim, check_trackers,
+                            sdpa_backends)
 from .heads import DetrHeadConfig, SegHeadConfig
 from .losses import DetectLossConfig
 
@@ -99,6 +100,7 @@ def check_dense_config(cfg: DetectConfig | SegmentConfig) -> None:
     check_optim(cfg.optim)
     check_device(cfg.runtime.device)
     check_trackers(cfg.runtime)
+    check_levers(cfg.runtime)
     sdpa_backends(cfg.runtime.sdpa)  # a comma list: parsed, not declared
     detect = isinstance(cfg, DetectConfig)
     layouts = DETECT_LAYOUTS if detect else SEGMENT_LAYOUTS

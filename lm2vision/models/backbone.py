@@ -33,7 +33,10 @@ class ModelConfig:
     positions: str = field(default="auto", metadata=choices("auto", "model", "learned", "none"))
     pooling: str = field(default="auto", metadata=choices("auto", "last", "mean", "first"))  # auto: last if causal, else mean
     attention: str = field(default="auto", metadata=choices("auto", "causal", "bidirectional"))  # auto: as pretrained
-    attn_implementation: str = field(default="sdpa", metadata=choices("sdpa", "eager"))  # eager: Hugging Face's own kernels
+    # Hugging Face's attention registry; eager: its own kernels. flash_* / flex_attention fall back to sdpa
+    # (one warning) where the package, a CUDA GPU or the family's support is missing
+    attn_implementation: str = field(default="sdpa", metadata=choices(
+        "sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3"))
     dropout: float | None = field(default=None, metadata=bounds(ge=0, lt=1))  # None keeps the model's own rates
     num_classes: int = field(default=10, metadata=bounds(ge=1))
     gradient_checkpointing: bool = False
@@ -132,8 +135,33 @@ class VisionBackbone(nn.Module):
         self._init_patch_and_positions()
         self.reset_classifier(cfg.num_classes)
         self.trainable_spec: TrainableSpec | None = None  # set by apply_trainable
+        self.residual_dtype: torch.dtype | None = None  # set by set_residual_dtype (runtime.residual_bf16)
+        self._residual_hooks: list = []
         if cfg.gradient_checkpointing:
             enable_checkpointing(self.lm)
+        impl = getattr(self.lm.config, "_attn_implementation", None)
+        if impl in ("flash_attention_2", "flash_attention_3") and self.causal != spec.causal:
+            raise Lm2vError(f"model.attention={cfg.attention} needs a custom attention mask, which {impl} does not "
+                            "take: use model.attn_implementation=sdpa (or flex_attention)")
+
+    def set_residual_dtype(self, dtype: torch.dtype | None) -> None:
+        """Cast the hidden states entering every block to ``dtype`` under autocast (None: undo), so the
+        residual adds of a pre-norm block (GPT-2, LLaMA, Qwen) stay in ``dtype`` instead of fp32: half
+        the bytes of the residual stream. Outside autocast (evaluation in fp32) nothing changes."""
+        for handle in self._residual_hooks:
+            handle.remove()
+        self._residual_hooks, self.residual_dtype = [], dtype
+        if dtype is None:
+            return
+
+        def cast(module, args, kwargs):
+            if not torch.is_autocast_enabled(self.head.weight.device.type):
+                return None
+            if args:
+                return (args[0].to(dtype), *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": kwargs["hidden_states"].to(dtype)}
+
+        self._residual_hooks = [b.register_forward_pre_hook(cast, with_kwargs=True) for b in self.blocks]
 
     # -- construction helpers -------------------------------------------------------------
     def _check_positions(self) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import dataclasses
 import functools
 import json
@@ -9,6 +10,7 @@ import os
 import re
 import socket
 import urllib.request
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
@@ -23,7 +25,7 @@ from safetensors.torch import load_model
 from transformers import AutoConfig, AutoModel, PretrainedConfig
 from transformers.utils import logging as hf_logging
 
-from ..errors import Lm2vError
+from ..errors import Lm2vError, Lm2vWarning
 from .arch import TIMM_PREFIX, ArchSpec, ImageSpec, arch_for, image_arch_for, timm_name, tiny_config
 from .backbone import ModelConfig, VisionBackbone, check_model_config
 from .image import (ImageBackbone, Preprocessing, preprocessing_from, timm_backbone, timm_pretrained_cfg,
@@ -268,21 +270,55 @@ def _build_lm(cfg: ModelConfig, config: PretrainedConfig, spec: ArchSpec | Image
     spec = spec or arch_for(config.model_type)
     kw = dict(spec.model_kwargs)
     if spec.attention_kernels:  # attention-free image families and XLNet refuse the argument
-        kw["attn_implementation"] = cfg.attn_implementation
+        kw["attn_implementation"] = attention_kernel(cfg.attn_implementation)
     if not cfg.pretrained:
         torch.manual_seed(cfg.init_seed)
-        return AutoModel.from_config(config, dtype=torch.float32, **kw)  # not the config's dtype (fp16 copies)
+        return _with_attention_fallback(lambda **k: AutoModel.from_config(config, dtype=torch.float32, **k), kw)
     if tiny_config(cfg.name) is not None:
         raise Lm2vError(f"{cfg.name} is an in-memory test config with no weights: set model.pretrained=false")
     source = resolve_source(cfg.name)
     try:
         with _quiet_transformers():  # the report is checked below instead of printed
-            lm, info = AutoModel.from_pretrained(source, config=config, dtype=torch.float32,
-                                                 output_loading_info=True, **_hub_kwargs(source), **kw)
+            lm, info = _with_attention_fallback(
+                lambda **k: AutoModel.from_pretrained(source, config=config, dtype=torch.float32,
+                                                      output_loading_info=True, **_hub_kwargs(source), **k), kw)
     except Exception as e:  # noqa: BLE001 - a damaged weights file fails inside torch/pickle in many ways
         raise Lm2vError(_not_cached(cfg.name, source, e) or f"cannot load weights of {cfg.name!r}: {_first_line(e)}") from None
     check_loading_info(cfg.name, spec, info)
     return lm
+
+
+FLASH_PACKAGES = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}
+
+
+def attention_kernel(name: str) -> str:
+    """The attention implementation to build with: ``name``, or sdpa with one warning when this
+    machine cannot run it (flash kernels need their package and a CUDA GPU; flex attention a CUDA
+    GPU, since on CPU it runs unfused and slower than sdpa)."""
+    package = FLASH_PACKAGES.get(name)
+    why = None
+    if package and importlib.util.find_spec(package) is None:
+        why = f"needs the {package} package"
+    elif name in (*FLASH_PACKAGES, "flex_attention") and not torch.cuda.is_available():
+        why = "runs on CUDA GPUs and none is visible"
+    if why:
+        warnings.warn(f"model.attn_implementation={name} {why}: using sdpa", Lm2vWarning, stacklevel=2)
+        return "sdpa"
+    return name
+
+
+def _with_attention_fallback(build, kw: dict):
+    """``build(**kw)``; when transformers refuses the attention implementation for this family (GPT-2
+    has no flex attention), one warning and the same build with sdpa."""
+    try:
+        return build(**kw)
+    except ValueError as e:
+        impl = kw.get("attn_implementation")
+        if impl in (None, "sdpa", "eager") or "attention" not in str(e):
+            raise
+        warnings.warn(f"model.attn_implementation={impl}: transformers has none for this family "
+                      f"({str(e).splitlines()[0][:120]}): using sdpa", Lm2vWarning, stacklevel=2)
+        return build(**{**kw, "attn_implementation": "sdpa"})
 
 
 def check_loading_info(name: str, spec: ArchSpec | ImageSpec, info: dict) -> None:

@@ -67,6 +67,13 @@ class RuntimeConfig:
     amp: str = field(default="auto", metadata=choices("auto", "bf16", "fp16", "off"))  # auto: bf16 on GPU, fp32 on CPU
     sdpa: str = "auto"  # auto (PyTorch's order) or the allowed SDPA backends, e.g. "flash,efficient,math"
     compile: bool = False
+    # speed levers (lm2vision.train.levers): each falls back with one warning where this machine lacks it
+    compile_mode: str = field(default="default", metadata=choices(
+        "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))  # reduce-overhead: CUDA graphs
+    compile_optimizer: bool = False  # the optimizer step compiled, lr in a tensor
+    residual_bf16: bool = False  # a language backbone's residual stream in bf16 (needs bf16 autocast)
+    fp8: bool = False  # torchao float8 training (row-wise) on Linear layers at least fp8_min_width wide
+    fp8_min_width: int = field(default=4096, metadata=bounds(ge=16))
     eval_batch_size: int = field(default=256, metadata=bounds(ge=1))
     distributed: str = field(default="ddp", metadata=choices("ddp", "fsdp"))  # the wrapper used under torchrun
     stop_after: Optional[int] = None  # stop after this many epochs in this invocation (then --resume)
@@ -178,6 +185,15 @@ def check_trackers(rt: RuntimeConfig) -> None:
         raise Lm2vError("runtime.mlflow_uri is empty: give a URI or folder, or leave it unset (null)")
 
 
+def check_levers(runtime: RuntimeConfig) -> None:
+    """Rules tying the speed-lever fields together (one line each); what this machine lacks is a
+    fallback with a warning at run time (:func:`lm2vision.train.levers.resolve_levers`), not an error."""
+    if runtime.compile_mode != "default" and not runtime.compile:
+        raise Lm2vError(f"runtime.compile_mode={runtime.compile_mode} needs runtime.compile=true")
+    if runtime.residual_bf16 and runtime.amp in ("fp16", "off"):
+        raise Lm2vError(f"runtime.residual_bf16 needs bf16 autocast (runtime.amp=bf16 or auto), not amp={runtime.amp}")
+
+
 def check_run_config(cfg: RunConfig) -> None:
     """One-line errors for settings that cannot run: the declared choices and bounds
     (:func:`lm2vision.config.validate`), then the rules that tie fields together."""
@@ -186,6 +202,7 @@ def check_run_config(cfg: RunConfig) -> None:
     check_optim(cfg.optim)
     check_device(cfg.runtime.device)
     check_trackers(cfg.runtime)
+    check_levers(cfg.runtime)
     if cfg.data.root and cfg.data.dataset not in ROOT_DATASETS:
         raise Lm2vError(f"data.root is read only for data.dataset cifar10, cifar100 or svhn, not {cfg.data.dataset!r} "
                         "(give a folder or archive as data.dataset=PATH)")

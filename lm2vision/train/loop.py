@@ -229,7 +229,8 @@ def train_epoch(task, epoch: int, net: nn.Module, optimizer: torch.optim.Optimiz
                 ocfg: OptimConfig, seed: int, rt: Runtime, forward: nn.Module | None = None,
                 scaler: torch.amp.GradScaler | None = None,
                 extra_loss: Callable[[nn.Module, int], torch.Tensor | None] | None = None,
-                lr_scale: Callable[[int], float] | None = None, progress: bool = True) -> dict:
+                lr_scale: Callable[[int], float] | None = None, progress: bool = True,
+                step_fn: Callable[[], None] | None = None) -> dict:
     """One epoch of any task (see :class:`lm2vision.train.tasks.Task`); returns ``task.train_metrics``
     of its statistics summed over micro-batches and ranks (one sync at the end) and the lr.
 
@@ -238,6 +239,7 @@ def train_epoch(task, epoch: int, net: nn.Module, optimizer: torch.optim.Optimiz
     version) runs the model; ``net`` is the DDP wrapper whose gradient sync waits for the last
     micro-batch. ``lr_scale(step)`` multiplies the scheduled lr and ``extra_loss(model, step)`` adds a
     term to the loss once per step (phase-aware training uses both). ``scaler``: fp16's GradScaler.
+    ``step_fn``: the optimizer step to call instead of ``optimizer.step`` (its compiled version).
     """
     forward = forward if forward is not None else net
     forward.train()
@@ -261,22 +263,22 @@ def train_epoch(task, epoch: int, net: nn.Module, optimizer: torch.optim.Optimiz
                 total = total + penalty if penalty is not None else total
                 (scaler.scale(total) if scaler is not None else total).backward()
             sums = stats.detach() if sums is None else sums + stats.detach()
-        _optimizer_step(optimizer, trainable, ocfg.grad_clip, scaler)
+        _optimizer_step(optimizer, trainable, ocfg.grad_clip, scaler, step_fn)
     totals = rt.all_reduce_sum(sums).tolist()  # one reduction, one sync
     return {**task.train_metrics(totals), "lr": sched(epoch * steps + steps - 1)}
 
 
 def _optimizer_step(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], clip: float,
-                    scaler: torch.amp.GradScaler | None) -> None:
+                    scaler: torch.amp.GradScaler | None, step_fn: Callable[[], None] | None = None) -> None:
     if scaler is not None:
         scaler.unscale_(optimizer)  # clip the true gradients; a no-op when the scaler is disabled
     if clip > 0:
         nn.utils.clip_grad_norm_(params, clip)
-    if scaler is not None:
+    if scaler is not None and scaler.is_enabled():
         scaler.step(optimizer)  # skips the step when a gradient is inf/NaN (fp16 overflow)
         scaler.update()
     else:
-        optimizer.step()
+        (step_fn or optimizer.step)()
     optimizer.zero_grad(set_to_none=True)
 
 

@@ -54,9 +54,13 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, floor: fl
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Set every group's lr (float, so no host sync and no recompilation)."""
+    """Set every group's lr: a float (no host sync), or in place where it is a tensor (the compiled
+    optimizer step reads it as an input, so a new lr does not recompile)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        if torch.is_tensor(group["lr"]):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
 
 
 def micro_batch_size(cfg: OptimConfig, world_size: int = 1) -> int:

@@ -20,6 +20,7 @@ from ..errors import Lm2vWarning
 from ..utils.io import atomic_write_json, fault_point, remove_orphans
 from .checkpoint import CKPT_DIR, load_checkpoint, save_checkpoint, save_full_model, save_tensors, trainable_state
 from .distributed import Runtime, full_state_dict, unwrap, wrap_model
+from .levers import apply_model_levers, compile_forward, compiled_step, resolve_levers, tensor_lr
 from .loop import Schedule, check_finite_loss, train_epoch
 from .optim import build_optimizer, micro_batch_size
 from .phase_hooks import PhaseHooks
@@ -54,6 +55,9 @@ def fit(task: Task, cfg, run: Path, rt: Runtime, logger: MetricsLogger, resume: 
     micro_batch_size(cfg.optim, rt.world_size)  # fail before any work if the batch does not split
     if rt.is_main and not resume:
         save_tensors(run / "init.safetensors", trainable_state(task.model))
+    levers = resolve_levers(cfg.runtime, rt.device, rt.amp_dtype)
+    apply_model_levers(task.model, levers, cfg.runtime.fp8_min_width)  # fp8 swaps layers: before the optimizer
+    say(rt, levers.header())
     net = wrap_model(task.model, rt, cfg.runtime.distributed)
     optimizer = build_optimizer(unwrap(net), cfg.optim)
     # fp16 gradients underflow without loss scaling; bf16 and fp32 need none (the scaler is then a no-op)
@@ -66,11 +70,15 @@ def fit(task: Task, cfg, run: Path, rt: Runtime, logger: MetricsLogger, resume: 
             return {**done, "finished_before": True}
         state = _resume(run, net, optimizer, scaler, logger, rt)
         start = state["epoch"]
-    forward = torch.compile(net) if cfg.runtime.compile else net
+    forward = compile_forward(net, levers)
+    step_fn = None
+    if levers.compile_optimizer:  # after resume: the loaded param groups hold a float lr
+        tensor_lr(optimizer)
+        step_fn = compiled_step(optimizer)
     phase = hooks(net, state.get("phase", {}) if resume else None) if hooks else PhaseHooks()
     last, val = _record_of(logger, start) if start >= cfg.optim.epochs else ({}, {})
     for epoch in range(start, cfg.optim.epochs):
-        last, val = _epoch(task, cfg, epoch, net, forward, optimizer, scaler, phase, rt)
+        last, val = _epoch(task, cfg, epoch, net, forward, optimizer, scaler, phase, rt, step_fn)
         logger.log(last)
         say(rt, epoch_line(last, cfg.optim.epochs))
         check_finite_loss(last["train_loss"], epoch)
@@ -110,12 +118,14 @@ def _record_of(logger: MetricsLogger, epoch: int) -> tuple[dict, dict]:
 
 
 def _epoch(task: Task, cfg, epoch: int, net: nn.Module, forward: nn.Module, optimizer: torch.optim.Optimizer,
-           scaler: torch.amp.GradScaler, phase: PhaseHooks, rt: Runtime) -> tuple[dict, dict]:
+           scaler: torch.amp.GradScaler, phase: PhaseHooks, rt: Runtime,
+           step_fn: Callable[[], None] | None = None) -> tuple[dict, dict]:
     """Train one epoch and evaluate when due: (the epoch's metrics record, the validation metrics)."""
     sched = Schedule.of(cfg.optim, task.steps_per_epoch)
     t0 = time.perf_counter()
     tr = train_epoch(task, epoch, net, optimizer, sched, cfg.optim, cfg.runtime.seed, rt, forward=forward,
-                     scaler=scaler, progress=cfg.runtime.progress and rt.is_main, **phase.loop_hooks())
+                     scaler=scaler, progress=cfg.runtime.progress and rt.is_main, step_fn=step_fn,
+                     **phase.loop_hooks())
     dt = time.perf_counter() - t0
     due = epoch + 1 == cfg.optim.epochs or (epoch + 1) % task.eval_every == 0
     val = task.evaluate(forward, "val") if due else {}
