@@ -312,3 +312,13 @@ def test_a_command_that_stopped_before_computing_is_taken_again_without_overwrit
         with open_run(out, kind="phase"):
             pass
     lock.unlink()
+
+
+def test_a_training_run_stopped_by_its_batch_size_is_run_again_with_the_same_out(tmp_path, capsys):
+    # the batch check comes after the run dir holds its config and data fingerprint: nothing to lose
+    out = tmp_path / "run"
+    run = ["bridge", "--out", str(out), *ONE_EPOCH]
+    assert main([*run, "optim.batch_size=512"]) == 2
+    assert "exceeds" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "config.yaml", "data.json", "labels.safetensors"]
+    assert main(run) == 0 and (out / "summary.json").is_file()

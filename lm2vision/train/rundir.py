@@ -181,10 +181,11 @@ def _replace(run: Path) -> None:
 
 def is_stub(run: Path) -> bool:
     """Whether ``run`` holds only what a command that stopped before computing anything leaves: lm2v's
-    marker and the config it was to run (no lock of a live command). Such a directory is taken again
-    without ``--overwrite``: there is nothing in it to lose."""
+    marker, the config it was to run, its data fingerprint and its drawn labels, all derived from the
+    config (no lock of a live command). Such a directory is taken again without ``--overwrite``:
+    there is nothing in it to lose."""
     names = {p.name for p in run.iterdir()}
-    return MARKER in names and names <= {MARKER, CONFIG}
+    return MARKER in names and names <= {MARKER, CONFIG, DATA_FINGERPRINT, LABELS}
 
 
 def _create(run: Path, kind: str) -> None:
@@ -244,6 +245,7 @@ def open_run(path: str | Path, *, resume: bool = False, overwrite: bool = False,
 # -- resuming: the same run, on the same data ---------------------------------------------------
 
 DATA_FINGERPRINT = "data.json"  # the dataset's fingerprint, saved when the run starts
+LABELS = "labels.safetensors"  # stage 1's training labels (drawn from the seed)
 
 
 def finished_summary(run: str | Path) -> dict | None:

@@ -23,7 +23,7 @@ from .loop import device_set, extract_features
 from .phase_hooks import PhaseHooks
 from .probe import train_linear_grid
 from .recipe import check_init_model, stage_seed
-from .rundir import (MetricsLogger, build_architecture, check_data, check_target, open_run, record_data,
+from .rundir import (LABELS, MetricsLogger, build_architecture, check_data, check_target, open_run, record_data,
                      resume_state, save_predictions)
 from .tasks import classification_summary, classification_task
 from .trainer import fit, say as _say
@@ -98,7 +98,7 @@ def stage_train_set(cfg: RunConfig, train: ImageSet, run: Path, rt: Runtime) -> 
         return train
     labels, changed = random_labels(train.labels, train.num_classes, cfg.labels.ratio, cfg.labels.scheme, cfg.labels.seed)
     if rt.is_main:
-        save_labels(run / "labels.safetensors", labels, changed)
+        save_labels(run / LABELS, labels, changed)
     _say(rt, f"random labels: {int(changed.sum())} of {len(train)} training labels redrawn ({cfg.labels.scheme})")
     return train.with_labels(labels)
 
