@@ -111,6 +111,17 @@ def test_every_tiny_family_builds_runs_and_partitions(name):
                for n in groups[f"block.{i}"])
 
 
+@pytest.mark.parametrize("name", HF_TINY)
+def test_reinit_redraws_exactly_the_stem(name):
+    """Stage 2's reinit on an image model: the stem's weights are drawn again (seeded), nothing else moves."""
+    model = _backbone(name)
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    model.reset_patch_embed(seed=7)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    stem = {n for n in before if n[len("model."):].startswith(model.spec.stem)}
+    assert changed and changed <= stem and any(n.endswith("weight") and before[n].dim() == 4 for n in changed)
+
+
 def test_vit_groups_by_name():
     """The ViT row places its tables by name: positions, CLS token, stem, final LayerNorm."""
     groups = _backbone("tiny-vit").layer_groups()

@@ -1,5 +1,7 @@
 """``lm2v export RUN --out DIR [--push-to-hub ORG/NAME] [--private]``: a finished run's backbone as a
 self-describing folder (config.json, model.safetensors, README.md), optionally pushed to the hub.
+A language backbone and a native Hugging Face image model (ViT, ResNet, ...) export alike; a timm
+model does not (its weights belong to timm's own hub format).
 
 The folder is written beside DIR and renamed into place, so DIR is either absent, empty or whole;
 an existing non-empty DIR is never touched. A failed push leaves the folder written.
@@ -19,10 +21,11 @@ from huggingface_hub.utils import validate_repo_id
 from ..data.cifar import CIFAR10_CLASSES, CIFAR100_CLASSES
 from ..data.svhn import CLASSES as SVHN_CLASSES
 from ..errors import Lm2vError
-from ..models import HubBackbone, preprocessing, to_hub
-from ..models.factory import hub_unreachable
+from ..models import HubMixin, preprocessing, to_hub
+from ..models.arch import timm_name
+from ..models.factory import TIMM_HUB_FORMAT, hub_unreachable
 from ..train.config import RunConfig
-from ..train.rundir import is_finished, is_run_dir, load_run_model, read_summary
+from ..train.rundir import is_finished, is_run_dir, load_run_model, read_run_config, read_summary
 
 # datasets whose class names are fixed (the bundled set is a CIFAR-10 subset)
 KNOWN_CLASSES = {"bundled": CIFAR10_CLASSES, "cifar10": CIFAR10_CLASSES, "cifar100": CIFAR100_CLASSES,
@@ -52,10 +55,14 @@ def check_out(out: str) -> Path:
 
 
 def check_run(run: str) -> Path:
+    """A finished run of a backbone that exports (not a timm model)."""
     if not is_run_dir(run):
         raise Lm2vError(f"{run} is not an lm2v run directory (no config.yaml)")
     if not is_finished(run):
         raise Lm2vError(f"{run} is not finished (no summary.json): finish it (lm2v ... --resume) before exporting")
+    name = read_run_config(run).model.name
+    if timm_name(name) is not None:  # refused before building it: that would need timm
+        raise Lm2vError(f"{run} is a run of the timm model {name}, which lm2v export does not write: {TIMM_HUB_FORMAT}")
     return Path(run)
 
 
@@ -80,7 +87,7 @@ def class_names(cfg: RunConfig, given: str | None) -> list[str] | None:
     return list(names) if names is not None and len(names) == cfg.model.num_classes else None
 
 
-def export_run(run: Path, out: Path, classes: str | None = None) -> HubBackbone:
+def export_run(run: Path, out: Path, classes: str | None = None) -> HubMixin:
     """Write the backbone of the finished ``run`` to ``out`` (absent or empty); returns it."""
     model, cfg = load_run_model(run)
     summary = read_summary(run)
@@ -112,7 +119,7 @@ def _default_permissions(folder: Path) -> None:
         f.chmod(0o666 & ~umask)
 
 
-def push(hub: HubBackbone, out: Path, repo_id: str, private: bool) -> str:
+def push(hub: HubMixin, out: Path, repo_id: str, private: bool) -> str:
     """Upload through the mixin's ``push_to_hub``; no hub is a one-line error (the folder stays)."""
     why = "HF_HUB_OFFLINE=1 is set" if is_offline_mode() else None
     reason = why or hub_unreachable()

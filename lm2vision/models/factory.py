@@ -35,6 +35,10 @@ DEFAULT_MODEL = "minilm"
 EXPORT_LIBRARY = "lm2vision"  # config.json's "library" in a folder written by ``lm2v export``: the marker
 # ModelConfig fields an export's weights fix: a config that sets another value is refused
 EXPORT_FIELDS = ("image_size", "patch_size", "positions", "pooling", "attention")
+EXPORT_PREPROCESSING = "lm2vision export"  # Preprocessing.source of an exported image model
+# why a timm backbone has no lm2vision export (lm2v export, create_model, HubBackbone)
+TIMM_HUB_FORMAT = ("lm2vision exports hold Hugging Face transformers models only; timm weights belong to timm's "
+                   "own hub format (timm.models.push_to_hf_hub, loaded by timm.create_model('hf-hub:ORG/NAME'))")
 
 
 def embedded_minilm_path() -> Path:
@@ -234,25 +238,48 @@ def load_backbone_weights(model: torch.nn.Module, path: Path, what: str) -> None
                         f"unexpected {sorted(unexpected)[:3]}")
 
 
-def _from_export(cfg: ModelConfig, export: dict, cls: type[VisionBackbone]) -> VisionBackbone:
+def export_preprocessing(prep: dict) -> Preprocessing:
+    """An export's ``preprocessing`` section (what the model was trained with) as :class:`Preprocessing`."""
+    return Preprocessing(prep["image_size"], tuple(prep["mean"]), tuple(prep["std"]), EXPORT_PREPROCESSING)
+
+
+def _export_image_spec(export: dict) -> ImageSpec | None:
+    """The table's row of an image export (its Hugging Face config's ``model_type``), None for a language one."""
+    return image_arch_for(export["lm_config"].get("model_type"))
+
+
+def _from_export(cfg: ModelConfig, export: dict, cls: type[VisionBackbone]) -> VisionBackbone | ImageBackbone:
     """The exported backbone on ``cfg`` (its architecture fields must be the export's): built from the
-    export's own language-model config (offline), then its weights unless ``pretrained`` is false; a
-    ``num_classes`` other than the export's gives a fresh head (``reset_classifier``)."""
-    check_export_fields(cfg, export["model"])
+    export's own Hugging Face config (offline; the table says from its ``model_type`` whether it is a
+    language backbone or an image model, which gets the export's preprocessing), then its weights
+    unless ``pretrained`` is false; a ``num_classes`` other than the export's gives a fresh head
+    (``reset_classifier``)."""
     config = _config_from_dict(export["lm_config"])
-    spec = arch_for(config.model_type)
-    config = _apply_dropout(config, spec.dropout_keys, cfg.dropout)
-    model = cls(_build_lm(dataclasses.replace(cfg, pretrained=False), config), spec, cfg)
+    image = _export_image_spec(export)
+    if image is None:
+        check_model_config(cfg)  # an image model checks its own (it has no patch grid)
+    check_export_fields(cfg, export["model"])
+    if image is not None:
+        model = _image_backbone(cfg, config, image, cls, export_preprocessing(export["preprocessing"]))
+    else:
+        spec = arch_for(config.model_type)
+        config = _apply_dropout(config, spec.dropout_keys, cfg.dropout)
+        model = cls(_build_lm(dataclasses.replace(cfg, pretrained=False), config), spec, cfg)
     if cfg.pretrained:
-        wanted, exported = cfg.num_classes, export["model"].get("num_classes", cfg.num_classes)
-        weights = _export_file(cfg.name, "model.safetensors")
-        if weights is None:
-            raise Lm2vError(f"export {cfg.name!r} has no model.safetensors")
-        model.reset_classifier(exported)  # the export's head shape, so that every tensor loads
-        load_backbone_weights(model, weights, f"export {cfg.name!r}")
-        if wanted != exported:
-            model.reset_classifier(wanted)
+        _load_export_weights(model, cfg, export)
     return model
+
+
+def _load_export_weights(model: VisionBackbone | ImageBackbone, cfg: ModelConfig, export: dict) -> None:
+    """Every tensor of the export into ``model``, then a fresh head if ``cfg.num_classes`` differs."""
+    wanted, exported = cfg.num_classes, export["model"].get("num_classes", cfg.num_classes)
+    weights = _export_file(cfg.name, "model.safetensors")
+    if weights is None:
+        raise Lm2vError(f"export {cfg.name!r} has no model.safetensors")
+    model.reset_classifier(exported)  # the export's head shape, so that every tensor loads
+    load_backbone_weights(model, weights, f"export {cfg.name!r}")
+    if wanted != exported:
+        model.reset_classifier(wanted)
 
 
 def _apply_dropout(config: PretrainedConfig, keys: tuple[str, ...], rate: float | None) -> PretrainedConfig:
@@ -362,13 +389,16 @@ def create_backbone(cfg: ModelConfig, cls: type[VisionBackbone] = VisionBackbone
     ``pretrained=False`` builds the same architecture from its config alone and never reads the
     weights file. Fresh parts (patch embedding, head, our positions) are seeded by ``init_seed``.
     A ``name`` that is an lm2vision export (``lm2v export``) gives the exported backbone, every
-    tensor of it (see :func:`_from_export`).
+    tensor of it (see :func:`_from_export`). An image model asked for as ``cls`` is built as
+    ``cls.image_cls`` (:class:`~lm2vision.models.hub.HubBackbone`'s is ``HubImageBackbone``), as
+    :class:`ImageBackbone` for the default ``cls``; a timm model only for the default ``cls``.
     """
     if timm_name(cfg.name) is not None:
+        if cls is not VisionBackbone:
+            raise Lm2vError(f"{cfg.name} is a timm model, which {cls.__name__} does not wrap: {TIMM_HUB_FORMAT}")
         return timm_backbone(cfg, _timm_cached_weights(cfg))
     export = exported_config(cfg.name)
     if export is not None:
-        check_model_config(cfg)
         return _from_export(cfg, export, cls)
     config = load_lm_config(cfg.name)
     image = image_arch_for(config.model_type)
@@ -408,16 +438,35 @@ def model_preprocessing(cfg: ModelConfig) -> Preprocessing | None:
     timm = timm_name(cfg.name)
     if timm is not None:
         return timm_preprocessing(timm[0], img_size=timm[1].get("img_size"))
-    if exported_config(cfg.name) is not None:
-        return None
+    export = exported_config(cfg.name)
+    if export is not None:  # an image model's is what it was trained with
+        return export_preprocessing(export["preprocessing"]) if _export_image_spec(export) else None
     config = load_lm_config(cfg.name)
     spec = image_arch_for(config.model_type)
     return None if spec is None else preprocessing_from(processor_dict(cfg.name), config, spec)
 
 
-def _image_backbone(cfg: ModelConfig, config: PretrainedConfig, spec: ImageSpec, cls: type) -> ImageBackbone:
-    if cls is not VisionBackbone:
-        raise Lm2vError(f"{cfg.name} is a {spec.family} image model: {cls.__name__} wraps language models only")
+def _image_backbone(cfg: ModelConfig, config: PretrainedConfig, spec: ImageSpec, cls: type,
+                    prep: Preprocessing | None = None) -> ImageBackbone:
+    """The image model of ``config`` as the image class of ``cls`` (:func:`_image_class`). Without
+    ``prep``: its weights (``cfg.pretrained``) and the preprocessing it declares; with ``prep`` (an
+    export's): built fresh, its weights loaded by :func:`_from_export`."""
+    image_cls = _image_class(cls, cfg.name, spec)
     config = _apply_dropout(config, spec.dropout_keys, cfg.dropout)
-    model = _build_lm(cfg, config, spec)
-    return ImageBackbone(model, spec, cfg, preprocessing_from(processor_dict(cfg.name), config, spec))
+    if prep is None:
+        model, prep = _build_lm(cfg, config, spec), preprocessing_from(processor_dict(cfg.name), config, spec)
+    else:
+        model = _build_lm(dataclasses.replace(cfg, pretrained=False), config, spec)
+    return image_cls(model, spec, cfg, prep)
+
+
+def _image_class(cls: type, name: str, spec: ImageSpec) -> type[ImageBackbone]:
+    """What an image model asked for as ``cls`` is built as: :class:`ImageBackbone` for the default
+    :class:`VisionBackbone`, else the class's ``image_cls`` (a one-line error when it has none)."""
+    if cls is VisionBackbone:
+        return ImageBackbone
+    image_cls = getattr(cls, "image_cls", None)
+    if image_cls is None:
+        raise Lm2vError(f"{name} is a {spec.family} image model: {cls.__name__} wraps language models only "
+                        "(it names no image_cls)")
+    return image_cls

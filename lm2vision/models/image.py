@@ -203,7 +203,7 @@ class ImageBackbone(nn.Module):
         if not inner.startswith(prefix):
             return None
         index, _, rest = inner[len(prefix):].partition(".")
-        return int(index), rest
+        return (int(index), rest) if index.isdigit() else None  # not the container ("encoder.layers.") itself
 
     def _in_stem(self, inner: str) -> bool:
         return inner.startswith(self.spec.stem)
